@@ -1,0 +1,60 @@
+"""A small Sphinx extension for the book build (listed in ``_config.yml``).
+
+* **Launch buttons from one setting.** ``_config.yml``'s ``repository: url:`` turns the Binder
+  launch button and the repository button on; left empty, both are removed (the theme would
+  otherwise fail on a notebook page with no repository to launch from).
+* **No duplicate inline scripts.** sphinx-thebe and sphinx-togglebutton register their inline
+  configuration scripts twice under this Sphinx; the second ``const`` declaration is a
+  JavaScript error in the browser console, so exact duplicates are dropped from each page.
+* **Notebook download.** Every chapter page offers its executed notebook (``.ipynb``) from the
+  download button, whether or not launch buttons are on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+LAUNCH_PROVIDERS = ("binderhub_url", "jupyterhub_url", "thebe", "colab_url", "jupyterlite_url")
+
+
+def configure_launch_buttons(app, config):
+    options = config.html_theme_options
+    url = (options.get("repository_url") or "").strip()
+    options["use_repository_button"] = bool(url)
+    if not url:
+        launch = dict(options.get("launch_buttons") or {})
+        for key in LAUNCH_PROVIDERS:
+            launch.pop(key, None)
+        options["launch_buttons"] = launch
+        options.pop("repository_url", None)
+
+
+def offer_executed_notebook(app, pagename, templatename, context, doctree):
+    if "kernelspec" not in app.env.metadata.get(pagename, {}):
+        return
+    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not executed.exists():
+        return
+    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(executed, target)
+    context["ipynb_source"] = f"{pagename}.ipynb"
+
+
+def drop_duplicate_scripts(app, pagename, templatename, context, doctree):
+    seen, unique = set(), []
+    for js in context.get("script_files", []):
+        # the same script registered twice differs only in priority, or in None vs '' filename
+        key = (getattr(js, "filename", js) or None, repr(sorted(getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    context["script_files"] = unique
+
+
+def setup(app):
+    app.connect("html-page-context", drop_duplicate_scripts, priority=900)
+    app.connect("config-inited", configure_launch_buttons, priority=900)
+    app.connect("html-page-context", offer_executed_notebook, priority=400)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
