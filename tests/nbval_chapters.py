@@ -1,4 +1,5 @@
-"""pytest plumbing for the book.
+"""pytest plugin for the book (loaded by pytest.ini with `-p nbval_chapters`, so that it applies
+to book/ as well as tests/; a conftest.py in tests/ would only see tests/).
 
 * Every MyST chapter in ``book/`` is collected directly. Its code cells are checked against the
   committed reference ``tests/references/<name>.ipynb`` (a stale or missing reference fails with the

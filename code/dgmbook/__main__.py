@@ -1,0 +1,3 @@
+from dgmbook.cli import main
+
+raise SystemExit(main())

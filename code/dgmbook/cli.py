@@ -1,0 +1,76 @@
+"""Command line for long "full" experiments and data checks.
+
+    python -m dgmbook list                 # the registered full experiments
+    python -m dgmbook full NAME            # run one; writes code/dgmbook/results/NAME.json
+    python -m dgmbook data                 # verify every registered data file under the data root
+
+A full experiment is a function ``run(progress: bool) -> (config: dict, metrics: dict)`` registered
+in :data:`EXPERIMENTS` as ``"module:function"``; the results file records its configuration,
+metrics, the code revision, the hardware and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from dgmbook import data, recorded
+
+# name -> "module:function"; chapters with long runs add one line here.
+EXPERIMENTS: dict[str, str] = {}
+
+
+def _resolve(spec: str):
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def cmd_list(_args) -> int:
+    if not EXPERIMENTS:
+        print("no full experiments are registered yet")
+    for name, spec in sorted(EXPERIMENTS.items()):
+        print(f"{name:30s} {spec}")
+    return 0
+
+
+def cmd_full(args) -> int:
+    if args.name not in EXPERIMENTS:
+        print(f"unknown experiment {args.name!r}; `python -m dgmbook list` shows them", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    config, metrics = _resolve(EXPERIMENTS[args.name])(progress=True)
+    path = recorded.write_results(args.name, config, metrics, time.perf_counter() - start)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data(_args) -> int:
+    failures = 0
+    print(f"data root: {data.data_root()} ({'read-only' if data.root_is_read_only() else 'cache'})")
+    for ds in data.REGISTRY.values():
+        for f in ds.files:
+            try:
+                data.dataset_file(ds.name, f.relpath, download=False)
+                print(f"ok       {f.relpath}")
+            except (data.DatasetNotFoundError, data.ChecksumError) as e:
+                failures += 1
+                print(f"PROBLEM  {e}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dgmbook", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the full experiments").set_defaults(func=cmd_list)
+    full = sub.add_parser("full", help="run a full experiment and record its results")
+    full.add_argument("name")
+    full.set_defaults(func=cmd_full)
+    sub.add_parser("data", help="verify the data files under the data root").set_defaults(func=cmd_data)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
