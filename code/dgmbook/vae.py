@@ -1,0 +1,459 @@
+"""Variational autoencoders on binarized MNIST (chapter ``vae``).
+
+The latent-variable model of the Stanford CS236 homework (as forked by UC Berkeley CS 182)::
+
+    p(z)            = N(0, I)                            z in R^z_dim
+    p_theta(x | z)  = Bern(sigmoid(f_theta(z)))          x in {0, 1}^784
+    q_phi(z | x)    = N(mu_phi(x), diag(sigma^2_phi(x)))
+
+trained by maximizing the evidence lower bound (ELBO) with the reparameterization trick
+(Kingma & Welling 2014; Rezende, Mohamed & Wierstra 2014), and evaluated with the ELBO and the
+importance-weighted bound (IWAE; Burda, Grosse & Salakhutdinov 2016).
+
+Everything the chapter runs is here: the config (every choice of the reference setup is a field),
+the two functions the homework asks for (:func:`sample_gaussian`, :meth:`VAE.negative_elbo_bound`),
+the IWAE bound, the data (dynamic binarization for training, the course's 100-image test subset),
+the training loop and the evaluations. Command line (with a progress bar)::
+
+    python -m dgmbook.vae --z-dim 64 --iters 10000 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dgmbook.data import load_image_dataset
+from dgmbook.utils import autocast, progress, seed_everything
+
+# -----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Every choice of the reference setup, explicit. Defaults = the CS 182 fork of CS236 HW2."""
+
+    z_dim: int = 64  # latent dimensions: 64 in the CS 182 fork, 10 in CS236
+    hidden: int = 300  # encoder 784-300-300-(2 z_dim), decoder z_dim-300-300-784, ELU
+    var_eps: float = 1e-8  # variance = softplus(h) + var_eps
+    iters: int = 10_000  # gradient steps (`python experiment.py --model vae`)
+    batch_size: int = 100
+    lr: float = 1e-3  # Adam, default betas
+    seed: int = 0
+    # Dynamic binarization: every step re-samples each training batch as x ~ Bern(pixel / 255),
+    # the course's `torch.bernoulli` on ToTensor() images.
+    dynamic_binarization: bool = True
+    bf16: bool = True  # bf16 autocast for the training matmuls (evaluation is always fp32)
+    log_every: int = 50  # training-curve resolution (iterations averaged per point)
+    # Evaluation, as in the course: the 100 fixed test images (10 per class), binarized once,
+    # the one-sample bound averaged over `eval_repeats` draws. "torch": torch.manual_seed(0);
+    # torch.bernoulli(x) (the original CS236 evaluate_lower_bound); "numpy": NumPy binomial
+    # with seed 0 (the later CS236 static_binarize).
+    subset_binarization: str = "torch"
+    eval_repeats: int = 100
+    # ... and beyond the course: the full 10,000-image test set (binarized once, seed 0).
+    test_repeats: int = 10
+    eval_seed: int = 1234
+
+
+# -----------------------------------------------------------------------------------------------
+# the two functions of the homework, and the densities they need
+
+
+def sample_gaussian(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The reparameterization trick: z = m + sqrt(v) * eps, eps ~ N(0, I).
+
+    m, v: (batch, ..., dim) mean and variance; returns z of the same shape, differentiable in
+    m and v (the randomness is in eps, which does not depend on the parameters).
+    """
+    eps = torch.randn_like(m)
+    return m + v.sqrt() * eps
+
+
+def gaussian_parameters(h: torch.Tensor, var_eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split h (batch, 2 dim) into a mean and a positive variance softplus(.) + var_eps."""
+    m, h = h.chunk(2, dim=-1)
+    return m, F.softplus(h) + var_eps
+
+
+def log_bernoulli_with_logits(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Bern(x; sigmoid(l)) summed over the last dim: (..., 784) -> (...).
+
+    With p = sigmoid(l): x log p + (1 - x) log(1 - p) = x l - log(1 + e^l) = x l - softplus(l),
+    which is exact and stable for any l. x broadcasts against logits (e.g. x (B, 784) against
+    logits (k, B, 784) in the IWAE bound).
+    """
+    return (x * logits).sum(-1) - F.softplus(logits).sum(-1)
+
+
+def log_normal(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """log N(x; m, diag(v)) summed over the last dim: (..., dim) -> (...)."""
+    return -0.5 * (math.log(2 * math.pi) + torch.log(v) + (x - m).pow(2) / v).sum(-1)
+
+
+def kl_normal(qm: torch.Tensor, qv: torch.Tensor, pm: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+    """KL(N(qm, diag qv) || N(pm, diag pv)) in closed form, summed over the last dim."""
+    element_wise = 0.5 * (torch.log(pv) - torch.log(qv) + qv / pv + (qm - pm).pow(2) / pv - 1)
+    return element_wise.sum(-1)
+
+
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log(mean(exp(x), dim)), computed stably."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
+
+
+# -----------------------------------------------------------------------------------------------
+# the model
+
+
+class Encoder(nn.Module):
+    """q_phi(z | x): 784 -> 300 -> 300 -> (mean, variance) of a diagonal Gaussian."""
+
+    def __init__(self, z_dim: int, hidden: int = 300, var_eps: float = 1e-8):
+        super().__init__()
+        self.var_eps = var_eps
+        self.net = nn.Sequential(
+            nn.Linear(784, hidden), nn.ELU(),
+            nn.Linear(hidden, hidden), nn.ELU(),
+            nn.Linear(hidden, 2 * z_dim),
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x).float()  # (B, 2 z_dim), fp32 even under bf16 autocast
+        return gaussian_parameters(h, self.var_eps)  # (B, z_dim) each
+
+
+class Decoder(nn.Module):
+    """p_theta(x | z): z_dim -> 300 -> 300 -> 784 Bernoulli logits."""
+
+    def __init__(self, z_dim: int, hidden: int = 300):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(z_dim, hidden), nn.ELU(),
+            nn.Linear(hidden, hidden), nn.ELU(),
+            nn.Linear(hidden, 784),
+        )
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).float()  # (..., 784) logits
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig = VAEConfig()):
+        super().__init__()
+        self.z_dim = cfg.z_dim
+        self.enc = Encoder(cfg.z_dim, cfg.hidden, cfg.var_eps)
+        self.dec = Decoder(cfg.z_dim, cfg.hidden)
+        # the prior N(0, I), as fixed buffers
+        self.register_buffer("z_prior_m", torch.zeros(1))
+        self.register_buffer("z_prior_v", torch.ones(1))
+
+    def negative_elbo_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch averages of the negative ELBO, its KL term and its reconstruction term.
+
+        x: (B, 784) binary. Per example,
+            -ELBO(x) = KL(q(z|x) || p(z)) + E_q[-log p(x|z)],
+        with the KL in closed form and the reconstruction term estimated by one sample
+        z ~ q(z|x) drawn with the reparameterization trick. Returns (nelbo, kl, rec), scalars.
+        """
+        m, v = self.enc.encode(x)  # (B, z), (B, z)
+        z = sample_gaussian(m, v)  # (B, z)
+        logits = self.dec.decode(z)  # (B, 784)
+        rec = -log_bernoulli_with_logits(x, logits)  # (B,)
+        kl = kl_normal(m, v, self.z_prior_m, self.z_prior_v)  # (B,)
+        nelbo = kl + rec  # (B,)
+        return nelbo.mean(), kl.mean(), rec.mean()
+
+    def negative_iwae_bound(self, x: torch.Tensor, iw: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch averages of the negative importance-weighted bound with iw samples, and of the
+        (one-sample) KL and reconstruction terms of the ELBO over the same samples.
+
+            -IWAE_k(x) = -log (1/k) sum_i p(x, z_i) / q(z_i | x),   z_i ~ q(z | x) i.i.d.
+        """
+        m, v = self.enc.encode(x)  # (B, z)
+        m_k, v_k = m.expand(iw, *m.shape), v.expand(iw, *v.shape)  # (k, B, z)
+        z = sample_gaussian(m_k, v_k)  # (k, B, z)
+        logits = self.dec.decode(z)  # (k, B, 784)
+        log_px_z = log_bernoulli_with_logits(x, logits)  # (k, B)
+        log_pz = log_normal(z, self.z_prior_m, self.z_prior_v)  # (k, B)
+        log_qz = log_normal(z, m_k, v_k)  # (k, B)
+        niwae = -log_mean_exp(log_px_z + log_pz - log_qz, dim=0)  # (B,)
+        kl = kl_normal(m, v, self.z_prior_m, self.z_prior_v)  # (B,)
+        rec = -log_px_z.mean(0)  # (B,)
+        return niwae.mean(), kl.mean(), rec.mean()
+
+    @torch.no_grad()
+    def sample_z(self, n: int) -> torch.Tensor:
+        return sample_gaussian(self.z_prior_m.expand(n, self.z_dim), self.z_prior_v.expand(n, self.z_dim))
+
+    @torch.no_grad()
+    def compute_sigmoid_given(self, z: torch.Tensor) -> torch.Tensor:
+        """The Bernoulli means sigmoid(f(z)), (n, 784)."""
+        return torch.sigmoid(self.dec.decode(z))
+
+    @torch.no_grad()
+    def sample_x(self, n: int) -> torch.Tensor:
+        """n samples x ~ p(x) = E_z p(x | z): ancestral sampling, z ~ p(z) then x ~ p(x | z)."""
+        return torch.bernoulli(self.compute_sigmoid_given(self.sample_z(n)))
+
+
+# -----------------------------------------------------------------------------------------------
+# data
+
+# The course's hand-picked test images: row c holds 10 indices into the test images of class c.
+# (Class 5 lists index 128 twice, so the "100 images" are 99 distinct ones; we keep it as is.)
+COURSE_TEST_INDEX = np.array([
+    [684, 559, 629, 192, 835, 763, 707, 359, 9, 723],
+    [277, 599, 1094, 600, 314, 705, 551, 87, 174, 849],
+    [537, 845, 72, 777, 115, 976, 755, 448, 850, 99],
+    [984, 177, 755, 797, 659, 147, 910, 423, 288, 961],
+    [265, 697, 639, 544, 543, 714, 244, 151, 675, 510],
+    [459, 882, 183, 28, 802, 128, 128, 53, 550, 488],
+    [756, 273, 335, 388, 617, 42, 442, 543, 888, 257],
+    [57, 291, 779, 430, 91, 398, 611, 908, 633, 84],
+    [203, 324, 774, 964, 47, 639, 131, 972, 868, 180],
+    [1000, 846, 143, 660, 227, 954, 791, 719, 909, 373],
+])
+
+
+def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One fixed binarization x ~ Bern(x) with NumPy (as the course does, so it is the same on
+    every machine). x: float in [0, 1]; returns float32 {0, 1} of the same shape."""
+    rng = np.random.RandomState(seed)
+    return torch.from_numpy(rng.binomial(1, x.double().numpy()).astype(np.float32))
+
+
+def course_test_subset(binarization: str = "torch", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The course's evaluation set: (x (100, 784) binarized once, labels (100,)).
+
+    binarization: "torch" (torch.manual_seed(seed); torch.bernoulli, as the original CS236
+    evaluate_lower_bound does), "numpy" (NumPy binomial, seed `seed`, the later CS236
+    static_binarize) or "gray" (no binarization: the pixel intensities in [0, 1]).
+    """
+    images, labels = load_image_dataset("MNIST", train=False)
+    x = images.reshape(-1, 784).float() / 255
+    rows = [torch.nonzero(labels == c).squeeze(1)[COURSE_TEST_INDEX[c]] for c in range(10)]
+    idx = torch.cat(rows)  # (100,) indices into the test set, class by class
+    x = x[idx]
+    if binarization == "torch":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    elif binarization == "numpy":
+        x = static_binarize(x, seed)
+    elif binarization != "gray":
+        raise ValueError(f"unknown binarization {binarization!r}")
+    return x, labels[idx]
+
+
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 10,000 test images, binarized once: (x (10000, 784), labels (10000,))."""
+    images, labels = load_image_dataset("MNIST", train=False)
+    return static_binarize(images.reshape(-1, 784).float() / 255), labels
+
+
+def binarize_batch(x_u8: torch.Tensor) -> torch.Tensor:
+    """Dynamic binarization of a uint8 batch: x ~ Bern(pixel / 255), i.e. u * 255 < pixel with
+    u ~ U[0, 1) (the same law as torch.bernoulli(pixel / 255), and several times cheaper on a CPU)."""
+    return (torch.rand(x_u8.shape) * 255 < x_u8).float()
+
+
+# -----------------------------------------------------------------------------------------------
+# training and evaluation
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    # the fused Adam kernel: one pass over all parameters instead of ~10 ops per tensor
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def train(cfg: VAEConfig, x_train: torch.Tensor | None = None) -> dict:
+    """Train one VAE; returns its state dict and the training curves.
+
+    x_train: uint8 (N, 784) images (default: the 60,000 MNIST training images). Each epoch
+    visits them in a fresh random order, cfg.batch_size at a time, like the course's DataLoader.
+    curves: per cfg.log_every iterations, the mean over those iterations of the batch negative
+    ELBO, KL and reconstruction terms.
+    """
+    seed_everything(cfg.seed)
+    if x_train is None:
+        x_train = load_image_dataset("MNIST", train=True)[0].reshape(-1, 784)
+    n_batches = x_train.shape[0] // cfg.batch_size
+    model = VAE(cfg)
+    opt = make_optimizer(model, cfg.lr)
+    sums = torch.zeros(3)  # running sums of (nelbo, kl, rec) since the last log point
+    curves = []
+    for it in progress(range(cfg.iters), desc=f"vae z={cfg.z_dim} seed={cfg.seed}"):
+        if it % n_batches == 0:
+            order = torch.randperm(x_train.shape[0])
+        idx = order[(it % n_batches) * cfg.batch_size:][: cfg.batch_size]  # (B,)
+        x_u8 = x_train.index_select(0, idx)  # (B, 784) uint8
+        x = binarize_batch(x_u8) if cfg.dynamic_binarization else (x_u8 >= 128).float()
+        with autocast(cfg.bf16):
+            nelbo, kl, rec = model.negative_elbo_bound(x)
+        opt.zero_grad(set_to_none=True)
+        nelbo.backward()
+        opt.step()
+        sums += torch.stack([nelbo.detach(), kl.detach(), rec.detach()])
+        if (it + 1) % cfg.log_every == 0:
+            curves.append(sums / cfg.log_every)
+            sums = torch.zeros(3)
+    c = torch.stack(curves) if curves else torch.zeros(0, 3)  # (iters // log_every, 3)
+    steps = torch.arange(1, c.shape[0] + 1) * cfg.log_every
+    return {
+        "state_dict": {k: t.clone() for k, t in model.state_dict().items()},
+        "curves": {"iter": steps, "nelbo": c[:, 0], "kl": c[:, 1], "rec": c[:, 2]},
+    }
+
+
+def load_model(cfg: VAEConfig, state_dict: dict) -> VAE:
+    model = VAE(cfg)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_bound(model: VAE, x: torch.Tensor, repeats: int, seed: int = 0,
+                   rows_per_batch: int = 10_000) -> dict[str, float]:
+    """The one-sample negative ELBO (with its KL and reconstruction terms) averaged over the
+    images x (n, 784) and over `repeats` independent draws, in fp32 (the course's
+    evaluate_lower_bound, batched: each image appears `repeats` times in the batches)."""
+    torch.manual_seed(seed)
+    xs = x.repeat(repeats, 1)  # (repeats n, 784)
+    tot = torch.zeros(3, dtype=torch.float64)
+    for chunk in xs.split(rows_per_batch):
+        terms = model.negative_elbo_bound(chunk)
+        tot += torch.stack(terms).double() * chunk.shape[0]
+    tot /= xs.shape[0]
+    return {"nelbo": tot[0].item(), "kl": tot[1].item(), "rec": tot[2].item()}
+
+
+@torch.no_grad()
+def evaluate_iwae(model: VAE, x: torch.Tensor, iw: int, seed: int = 0,
+                  samples_per_batch: int = 10_000) -> float:
+    """The negative IWAE bound with iw importance samples, averaged over the images x (n, 784)."""
+    torch.manual_seed(seed)
+    per = max(1, samples_per_batch // iw)  # images per batch
+    tot = 0.0
+    for chunk in x.split(per):
+        niwae, _, _ = model.negative_iwae_bound(chunk, iw)
+        tot += niwae.double().item() * chunk.shape[0]
+    return tot / x.shape[0]
+
+
+@torch.no_grad()
+def iwae_bounds(model: VAE, x: torch.Tensor, ks=(1, 10, 100, 1000), seed: int = 0,
+                bf16: bool = True) -> dict[int, float]:
+    """The negative IWAE bound for each k in ks, averaged over the images x.
+
+    bf16: run the networks' matmuls in bf16 (the densities stay fp32). At k = 1000 the decoder
+    runs on k times as many rows as there are images, and bf16 makes that affordable on a CPU.
+    """
+    with autocast(bf16):
+        return {k: evaluate_iwae(model, x, k, seed) for k in ks}
+
+
+@torch.no_grad()
+def binarization_spread(model: VAE, n: int = 50, repeats: int = 20, seed: int = 0) -> torch.Tensor:
+    """The negative ELBO on the course's 100 test images under n different fixed binarizations
+    (NumPy seeds 1..n), each averaged over `repeats` draws: how much the choice of one
+    binarization moves the reported number. Returns (n,) float64."""
+    gray, _ = course_test_subset("gray")
+    return torch.tensor([evaluate_bound(model, static_binarize(gray, s), repeats, seed)["nelbo"]
+                         for s in range(1, n + 1)], dtype=torch.float64)
+
+
+def train_and_evaluate(cfg: VAEConfig) -> dict:
+    """One run of the chapter: train, then evaluate on the course subset and on the test set."""
+    out = train(cfg)
+    model = load_model(cfg, out["state_dict"])
+    if cfg.eval_repeats > 0:
+        x_sub, _ = course_test_subset(cfg.subset_binarization)
+        out["subset"] = evaluate_bound(model, x_sub, cfg.eval_repeats, cfg.eval_seed)
+    if cfg.test_repeats > 0:
+        x_test, _ = test_set()
+        out["test"] = evaluate_bound(model, x_test, cfg.test_repeats, cfg.eval_seed)
+    return out
+
+
+def _train_and_evaluate_one_thread(cfg: VAEConfig) -> dict:
+    torch.set_num_threads(1)
+    return train_and_evaluate(cfg)
+
+
+def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
+    """:func:`train_and_evaluate` for every config, each run on one thread, `workers` runs at a
+    time in separate processes (default: one per available core).
+
+    The matmuls of one run (batch 100, width 300) are too small to keep two threads busy, so on
+    a 2-core machine two single-threaded runs side by side use the cores better than 2-threaded
+    runs one after another (code/benchmarks/bench_vae.py measures both). One thread per run also
+    makes the numbers independent of the number of cores.
+    """
+    cfgs = list(cfgs)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(workers or 1, len(cfgs)))
+    if workers == 1:
+        threads = torch.get_num_threads()
+        try:
+            return [_train_and_evaluate_one_thread(c) for c in cfgs]
+        finally:
+            torch.set_num_threads(threads)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe under Jupyter/OpenMP
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(_train_and_evaluate_one_thread, cfgs))
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n))."""
+    a = np.asarray(values, dtype=np.float64)
+    se = a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
+    return float(a.mean()), float(se)
+
+
+# -----------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train VAEs on binarized MNIST (the CS236 / CS 182 "
+                                "homework setup) and report the negative ELBO, KL and reconstruction.")
+    p.add_argument("--z-dim", type=int, default=VAEConfig.z_dim)
+    p.add_argument("--iters", type=int, default=VAEConfig.iters)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--fp32", action="store_true", help="train without bf16 autocast")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs side by side, one thread each (progress bars only with 1)")
+    args = p.parse_args(argv)
+    cfgs = [VAEConfig(z_dim=args.z_dim, iters=args.iters, seed=s, bf16=not args.fp32) for s in args.seeds]
+    rows = run_many(cfgs, workers=args.workers)
+    for cfg, r in zip(cfgs, rows):
+        print(f"seed {cfg.seed}: subset NELBO {r['subset']['nelbo']:.2f} KL {r['subset']['kl']:.2f} "
+              f"Rec {r['subset']['rec']:.2f} | test set NELBO {r['test']['nelbo']:.2f} "
+              f"KL {r['test']['kl']:.2f} Rec {r['test']['rec']:.2f}", flush=True)
+    for where in ("subset", "test"):
+        parts = [f"{k} {m:.2f} +/- {se:.2f}" for k in ("nelbo", "kl", "rec")
+                 for m, se in [mean_se([r[where][k] for r in rows])]]
+        print(f"{where} (mean +/- standard error over {len(rows)} runs): " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "VAEConfig", "sample_gaussian", "gaussian_parameters", "log_bernoulli_with_logits",
+    "log_normal", "kl_normal", "log_mean_exp", "Encoder", "Decoder", "VAE", "COURSE_TEST_INDEX",
+    "static_binarize", "course_test_subset", "test_set", "binarize_batch", "train", "load_model",
+    "evaluate_bound", "evaluate_iwae", "iwae_bounds", "binarization_spread", "train_and_evaluate",
+    "run_many", "mean_se",
+]
