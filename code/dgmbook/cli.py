@@ -19,7 +19,9 @@ import time
 from dgmbook import data, recorded
 
 # name -> "module:function"; chapters with long runs add one line here.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "summarization-scratch": "dgmbook.summarize:full_experiment",
+}
 
 
 def _resolve(spec: str):

@@ -1,0 +1,360 @@
+"""A Transformer encoder-decoder written out by hand (nanoGPT style), with a KV cache for generation
+(chapter "Summarization I").
+
+Layout (pre-LN, as GPT-2 and mBART: a LayerNorm before each sub-layer, one after each stack)::
+
+    encoder   x = E[src] + P_enc[0..S)                        E: token embedding, shared
+              x = x + SelfAttn(LN(x), key padding masked)      (n_enc_layers times)
+              x = x + FF(LN(x))
+              memory = LN(x)
+    decoder   y = E[tgt] + P_dec[0..T)
+              y = y + CausalSelfAttn(LN(y))                   (n_dec_layers times)
+              y = y + CrossAttn(LN(y), memory, key padding masked)
+              y = y + FF(LN(y))
+              logits = LN(y) @ E^T                             (output projection tied to E)
+
+``FF(x) = W2 gelu(W1 x)``; positions ``P`` are learned tables or the fixed sinusoids of Vaswani et
+al. (``Seq2SeqConfig.positions``). Attention is :func:`torch.nn.functional.scaled_dot_product_attention`
+with boolean masks, ``True`` = may attend.
+
+KV cache (:class:`KVCache`): generating token ``t`` only needs the new token's query; the keys
+and values of positions ``< t`` do not change. Each decoder layer therefore keeps
+
+* its self-attention K/V of all past positions, in a buffer ``[B, H, capacity, Dh]`` that each
+  step appends to (:meth:`LayerKV.extend`), and
+* its cross-attention K/V of the encoder output, ``[B, H, S, Dh]``, computed once per source.
+
+so a step costs O(t) attention work instead of re-running the decoder on the whole prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POSITIONS = ("learned", "sinusoidal")
+
+
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    n_enc_layers: int = 3
+    n_dec_layers: int = 3
+    d_ff: int = 1024
+    max_len: int = 512  # the longest source, and the longest decoder input, the model accepts
+    dropout: float = 0.1  # on the embeddings and on each sub-layer's output
+    attn_dropout: float = 0.0  # on attention weights; > 0 forces PyTorch's slow unfused attention
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    positions: str = "learned"  # "learned" or "sinusoidal"
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
+    """``P[p, 2i] = sin(p / 10000^(2i/d))``, ``P[p, 2i+1] = cos(...)``: float32 ``[max_len, d]``."""
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # [L, 1]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(max_len, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)  # [L, ceil(d/2)]
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]  # [L, floor(d/2)]
+    return table.float()
+
+
+def causal_mask(n_new: int, n_past: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """Self-attention mask for ``n_new`` queries that follow ``n_past`` cached positions, as
+    ``(attn_mask, is_causal)`` for scaled_dot_product_attention. Query ``i`` (absolute position
+    ``n_past + i``) may attend keys ``0 .. n_past + i``."""
+    if n_new == 1:  # the one new token sees everything that exists
+        return None, False
+    if n_past == 0:
+        return None, True
+    keep = torch.ones(n_new, n_past + n_new, dtype=torch.bool, device=device).tril(n_past)
+    return keep, False  # [T_new, T_past + T_new]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention. Queries come from one projection, keys and values from one fused
+    projection ``kv_proj`` (rows ``[:D]`` keys, ``[D:]`` values) of the same sequence or of another
+    one (the encoder output), so that cross-attention K/V can be computed once and cached."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads, self.d_head, self.dropout = n_heads, d_model // n_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # [B, T, D] -> [B, H, T, Dh]
+
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``source`` [B, S, D], each [B, H, S, Dh]."""
+        k, v = self.kv_proj(source).chunk(2, dim=-1)  # [B, S, 2D] -> 2 x [B, S, D]
+        return self.split_heads(k), self.split_heads(v)
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Queries from ``x`` [B, T, D] attend to ``k``, ``v`` [B, H, S, Dh]; ``mask`` is boolean,
+        broadcastable to [B, H, T, S], True where attention is allowed. Returns [B, T, D]."""
+        B, T, D = x.shape
+        q = self.split_heads(self.q_proj(x))  # [B, H, T, Dh]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # [B, H, T, Dh]
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))  # [B, H, T, Dh] -> [B, T, D]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        source: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Self-attention (``source=None``) or attention from ``x`` to ``source``."""
+        k, v = self.project_kv(x if source is None else source)
+        return self.attend(x, k, v, mask, is_causal)
+
+
+class FeedForward(nn.Module):
+    """``W2 gelu(W1 x)``, without dropout inside (as nanoGPT: dropout on the hidden layer, the
+    largest activation, would cost more random numbers than the rest of the model together)."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.gelu(self.linear1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN: ``x + SelfAttn(LN(x))``, then ``x + FF(LN(x))``."""
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, src_keep: torch.Tensor | None) -> torch.Tensor:
+        """``x`` [B, S, D]; ``src_keep`` bool [B, 1, 1, S] (False at padding) or None."""
+        x = x + self.dropout(self.self_attn(self.norm1(x), mask=src_keep))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+@dataclass
+class LayerKV:
+    """One decoder layer's cache. ``self_k``/``self_v`` [B, H, capacity, Dh] are allocated on the
+    first :meth:`extend` (with the dtype the projections produce, bf16 under autocast)."""
+
+    cross_k: torch.Tensor  # [B, H, S, Dh]
+    cross_v: torch.Tensor  # [B, H, S, Dh]
+    capacity: int
+    self_k: torch.Tensor | None = None
+    self_v: torch.Tensor | None = None
+
+    def extend(
+        self, k: torch.Tensor, v: torch.Tensor, past: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions' ``k``, ``v`` [B, H, T, Dh] after the ``past`` cached ones and
+        return the keys and values of all positions, [B, H, past + T, Dh] (views of the buffer)."""
+        B, H, T, Dh = k.shape
+        if past + T > self.capacity:
+            raise ValueError(
+                f"KV cache overflow: {past} cached + {T} new positions > capacity {self.capacity}; "
+                "create the cache with a larger capacity (the number of decoder inputs to feed)"
+            )
+        if self.self_k is None:
+            self.self_k = k.new_empty(B, H, self.capacity, Dh)
+            self.self_v = v.new_empty(B, H, self.capacity, Dh)
+        self.self_k[:, :, past : past + T] = k
+        self.self_v[:, :, past : past + T] = v
+        return self.self_k[:, :, : past + T], self.self_v[:, :, : past + T]
+
+
+@dataclass
+class KVCache:
+    """Everything incremental decoding keeps between steps: per decoder layer a :class:`LayerKV`,
+    the source padding mask, and how many decoder positions have been fed."""
+
+    layers: list[LayerKV]
+    src_keep: torch.Tensor  # bool [B, 1, 1, S]
+    length: int = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (int64 [B]) of the self-attention cache: row ``i`` becomes old row
+        ``index[i]`` (beam search). Rows must be moved only among rows of the same source (the
+        beams of one example), because the cross-attention K/V and the source mask, identical
+        across those rows, are left in place."""
+        n = self.length
+        for layer in self.layers:
+            if layer.self_k is not None:
+                layer.self_k[:, :, :n] = layer.self_k[index, :, :n]
+                layer.self_v[:, :, :n] = layer.self_v[index, :, :n]
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN: ``y + CausalSelfAttn(LN(y))``, ``y + CrossAttn(LN(y), memory)``, ``y + FF(LN(y))``."""
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        src_keep: torch.Tensor | None,
+        cache: LayerKV | None = None,
+        past: int = 0,
+    ) -> torch.Tensor:
+        """``y`` [B, T, D]: the decoder inputs at positions ``past .. past+T-1``; ``cross_kv``: the
+        cross-attention K/V of the memory, each [B, H, S, Dh]; ``src_keep`` bool [B, 1, 1, S].
+        Without ``cache`` the T positions attend among themselves (teacher forcing, ``past=0``);
+        with it they also attend to the ``past`` cached positions, and are appended to it."""
+        h = self.norm1(y)
+        k, v = self.self_attn.project_kv(h)  # [B, H, T, Dh]
+        if cache is not None:
+            k, v = cache.extend(k, v, past)  # [B, H, past + T, Dh]
+        elif past:
+            raise ValueError("past positions need a cache")
+        mask, is_causal = causal_mask(y.shape[1], past, y.device)
+        y = y + self.dropout(self.self_attn.attend(h, k, v, mask, is_causal))
+        y = y + self.dropout(self.cross_attn.attend(self.norm2(y), *cross_kv, mask=src_keep))
+        return y + self.dropout(self.ff(self.norm3(y)))
+
+
+class Seq2SeqTransformer(nn.Module):
+    """The encoder-decoder. ``forward(src, tgt_in)`` gives teacher-forced logits; generation uses
+    :meth:`encode`, :meth:`init_cache` and :meth:`decode_step` (see :mod:`dgmbook.decoding`)."""
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)  # shared by both stacks and the output
+        if cfg.positions == "learned":
+            self.enc_pos = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.dec_pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        else:
+            table = sinusoidal_positions(cfg.max_len, cfg.d_model)
+            self.register_buffer("sinusoids", table, persistent=False)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_dec_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write
+        into the residual stream scaled by 1/sqrt(2 * number of layers)."""
+        residual_std = 0.02 / math.sqrt(2 * (self.cfg.n_enc_layers + self.cfg.n_dec_layers))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "norm" in name:
+                nn.init.ones_(p)
+            elif name.endswith(("out_proj.weight", "linear2.weight")):
+                nn.init.normal_(p, std=residual_std)
+            else:
+                nn.init.normal_(p, std=0.02)
+
+    def _embed(self, ids: torch.Tensor, offset: int, table: str) -> torch.Tensor:
+        """Token + position embeddings of ``ids`` [B, T] at positions ``offset .. offset+T-1``."""
+        T = ids.shape[1]
+        if offset + T > self.cfg.max_len:
+            raise ValueError(
+                f"position {offset + T - 1} is beyond max_len={self.cfg.max_len}; truncate the "
+                "input or build the model with a larger max_len"
+            )
+        pos = torch.arange(offset, offset + T, device=ids.device)  # [T]
+        if self.cfg.positions == "learned":
+            pe = getattr(self, table)(pos)  # [T, D]
+        else:
+            pe = self.sinusoids[pos]  # [T, D]
+        return self.emb_dropout(self.tok_emb(ids) + pe)  # [B, T, D]
+
+    def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """bool [B, 1, 1, S]: True at real source tokens, False at padding."""
+        return (src != self.cfg.pad_id)[:, None, None, :]
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``src`` int64 [B, S] (right-padded) -> (memory [B, S, D], src_keep bool [B, 1, 1, S])."""
+        src_keep = self.source_mask(src)
+        x = self._embed(src, 0, "enc_pos")
+        for layer in self.encoder:
+            x = layer(x, src_keep)
+        return self.enc_norm(x), src_keep
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing, no cache: decoder inputs [B, T] -> final hidden states [B, T, D]."""
+        y = self._embed(tgt_in, 0, "dec_pos")
+        for layer in self.decoder:
+            y = layer(y, layer.cross_attn.project_kv(memory), src_keep)
+        return self.dec_norm(y)
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., D] -> logits [..., V] with the tied embedding matrix."""
+        return F.linear(h, self.tok_emb.weight)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V] of ``tgt_in`` [B, T] given ``src`` [B, S]."""
+        memory, src_keep = self.encode(src)
+        return self.lm_head(self.decode(tgt_in, memory, src_keep))
+
+    def loss(
+        self,
+        src: torch.Tensor,
+        tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the non-padding labels of ``tgt_out`` [B, T]."""
+        logits = self(src, tgt_in)  # [B, T, V]
+        return F.cross_entropy(
+            logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32)),  # [B*T, V]
+            tgt_out.flatten(),  # [B*T]
+            ignore_index=self.cfg.pad_id, label_smoothing=label_smoothing,
+        )
+
+    # --- incremental decoding -----------------------------------------------------------------
+
+    def init_cache(self, memory: torch.Tensor, src_keep: torch.Tensor, capacity: int) -> KVCache:
+        """A cache for up to ``capacity`` decoder positions: computes every layer's cross-attention
+        K/V of ``memory`` [B, S, D] once."""
+        layers = [LayerKV(*layer.cross_attn.project_kv(memory), capacity=capacity) for layer in self.decoder]
+        return KVCache(layers, src_keep)
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed ``tokens`` [B, T] (usually T = 1) at the next positions; return their logits
+        [B, T, V] and append their keys and values to ``cache``."""
+        past = cache.length
+        y = self._embed(tokens, past, "dec_pos")  # [B, T, D]
+        for layer, kv in zip(self.decoder, cache.layers):
+            y = layer(y, (kv.cross_k, kv.cross_v), cache.src_keep, kv, past)
+        cache.length = past + tokens.shape[1]
+        return self.lm_head(self.dec_norm(y))

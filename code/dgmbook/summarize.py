@@ -1,0 +1,442 @@
+"""Training and evaluating the from-scratch summarizer (chapter "Summarization I").
+
+``train(TrainConfig(...))`` trains a BPE tokenizer on the training split, then a
+:class:`~dgmbook.seq2seq.Seq2SeqTransformer` with
+
+* AdamW (weight decay on matrices only), learning rate ``lr * min(1, (step + 1) / warmup_steps)
+  * (1 - progress)``: a linear warm-up times a linear decay to zero, where ``progress`` in [0, 1]
+  is the fraction of the budget used (steps, epochs or minutes, whichever runs out first);
+* label-smoothed cross-entropy, gradient clipping, and bf16 autocast on the CPU (``bf16=True``);
+* the validation loss (plain cross-entropy per target token) after every epoch and at the end.
+
+It returns a plain dict that :func:`torch.save` stores (so the chapter runs it through
+:func:`dgmbook.runcache.cached`): the configurations, the state dict, the tokenizer as a JSON
+string and the curves. :func:`load_trained` rebuilds the model and tokenizer from it, and
+:func:`evaluate` decodes a split and scores it with ROUGE under both multi-reference rules.
+
+A budget in minutes makes a run depend on the machine's speed; the book's run
+(:func:`book_config`) counts steps, so that it is reproducible. From the command line::
+
+    python -m dgmbook.summarize --preset book --minutes 3 --eval 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from . import summ_data as sd
+from .decoding import EarlyStopping, generate
+from .rouge import rouge_scores
+from .seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from .utils import autocast, count_parameters, progress, seed_everything
+
+DATASETS = ("dialogsum", "xsum-cs182")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "dialogsum"  # "dialogsum", or "xsum-cs182" (the course's subset, needs the hub)
+    train_examples: int | None = None  # the first N training examples (None: all)
+    val_examples: int | None = None  # the first N validation examples (None: all)
+    tokenizer: str | None = None  # None: BPE trained on the training split; else a hub name
+    vocab_size: int = 8000
+    max_source_len: int = 256  # tokens kept of each document, EOS included
+    max_target_len: int = 64  # tokens kept of each summary, EOS included
+    # model
+    d_model: int = 256
+    n_heads: int = 4
+    n_enc_layers: int = 3
+    n_dec_layers: int = 3
+    d_ff: int = 1024
+    max_len: int = 512  # position table size: >= max_source_len and >= tokens ever generated
+    dropout: float = 0.1
+    positions: str = "learned"
+    # optimisation; training stops at the first budget reached (at least one must be set)
+    epochs: float | None = None
+    max_steps: int | None = None
+    minutes: float | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    bf16: bool = True  # bf16 autocast: 1.7x the fp32 training tokens/s here (bench_seq2seq.py)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.data not in DATASETS:
+            raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
+        if self.epochs is None and self.max_steps is None and self.minutes is None:
+            raise ValueError("set a training budget: epochs, max_steps or minutes")
+        if self.max_len < max(self.max_source_len, self.max_target_len):
+            raise ValueError(
+                f"max_len ({self.max_len}) must cover max_source_len ({self.max_source_len}) "
+                f"and max_target_len ({self.max_target_len})"
+            )
+
+
+@dataclass
+class DecodeConfig:
+    """How summaries are generated (see :mod:`dgmbook.decoding`)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    early_stopping: EarlyStopping = False
+
+
+def book_config() -> TrainConfig:
+    """The run the book executes: the 7.8M-parameter model (d 256, 3+3 layers, BPE 8k, inputs cut
+    to 256 tokens), 600 steps of 32 dialogues (1.5 epochs), no dropout (too short a run to
+    overfit). A step budget, so the run is reproducible; about 6 minutes on 2 cores."""
+    return TrainConfig(max_steps=600, warmup_steps=100, dropout=0.0)
+
+
+def full_config() -> TrainConfig:
+    """The long run (``python -m dgmbook full summarization-scratch``): the book's 7.8M-parameter
+    shape (d 256, 3+3 layers), whose speed and quality were calibrated on this machine (10 and
+    40 minutes of training), with dropout 0.1, for 115 minutes of wall time (at most 30 epochs);
+    the learning rate decays linearly to zero over that budget."""
+    return TrainConfig(dropout=0.1, warmup_steps=400, epochs=30, minutes=115)
+
+
+def course_config() -> TrainConfig:
+    """The course's recipe: XSum's CS 182 subset (24,350 training examples), the t5-small
+    tokenizer, a 6+6-layer 512-wide model (8 heads, d_ff 2048), 5 epochs. Needs the Hugging
+    Face hub (and, in practice, a GPU: ``device="cuda"``). The truncation lengths are ours."""
+    return TrainConfig(
+        data="xsum-cs182", tokenizer="t5-small", max_source_len=512, max_target_len=64,
+        d_model=512, n_heads=8, n_enc_layers=6, n_dec_layers=6, d_ff=2048, epochs=5,
+    )
+
+
+def course_decode() -> DecodeConfig:
+    """The course's decoding: 4 beams, and (very probably) the library's default cap of 20 tokens."""
+    return DecodeConfig(num_beams=4, max_new_tokens=20, no_repeat_ngram_size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# data and model
+
+
+def load_splits(cfg: TrainConfig) -> tuple[list[sd.SummaryExample], list[sd.SummaryExample]]:
+    """(training examples, validation examples) of ``cfg.data``, cut to the configured sizes."""
+    if cfg.data == "dialogsum":
+        train, val = sd.load_dialogsum("train"), sd.load_dialogsum("validation")
+    else:
+        train, val = sd.load_xsum_cs182("train"), sd.load_xsum_cs182("validation")
+    return train[: cfg.train_examples], val[: cfg.val_examples]
+
+
+def make_tokenizer(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> Tokenizer:
+    if cfg.tokenizer is not None:
+        return sd.pretrained_tokenizer(cfg.tokenizer)
+    extra = sd.DIALOGSUM_SPEAKERS if cfg.data == "dialogsum" else ()
+    return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.vocab_size, extra_tokens=extra)
+
+
+def model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> Seq2SeqConfig:
+    ids = sd.special_ids(tokenizer)
+    return Seq2SeqConfig(
+        vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
+        n_enc_layers=cfg.n_enc_layers, n_dec_layers=cfg.n_dec_layers, d_ff=cfg.d_ff,
+        max_len=cfg.max_len, dropout=cfg.dropout, pad_id=ids.pad, bos_id=ids.bos, eos_id=ids.eos,
+        positions=cfg.positions,
+    )
+
+
+def load_trained(result: dict[str, Any]) -> tuple[Seq2SeqTransformer, Tokenizer]:
+    """The model (on the CPU, in eval mode) and tokenizer of a result of :func:`train`."""
+    model = Seq2SeqTransformer(Seq2SeqConfig(**result["model_config"]))
+    model.load_state_dict(result["state_dict"])
+    return model.eval(), Tokenizer.from_str(result["tokenizer"])
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _bar(show: bool | None, **kwargs):
+    """A progress bar: shown where :func:`dgmbook.utils.progress` decides, unless ``show`` says."""
+    if show is not None:
+        kwargs["disable"] = not show
+    return progress(**kwargs)
+
+
+def lr_factor(step: int, progress_fraction: float, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` steps times linear decay to 0 at progress 1."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * max(0.0, 1.0 - progress_fraction)
+
+
+def _losses(
+    model: Seq2SeqTransformer, batch: sd.Batch, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label-smoothed loss to minimise, plain cross-entropy to report), per target token."""
+    logits = model(batch.src, batch.tgt_in).flatten(0, 1).float()  # [B*T, V]
+    target = batch.tgt_out.flatten()  # [B*T]
+    pad = model.cfg.pad_id
+    loss = F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=label_smoothing)
+    if label_smoothing == 0.0:
+        return loss, loss.detach()
+    return loss, F.cross_entropy(logits.detach(), target, ignore_index=pad)
+
+
+def _to(batch: sd.Batch, device: str) -> sd.Batch:
+    return sd.Batch(*(t.to(device) for t in (batch.src, batch.tgt_in, batch.tgt_out, batch.index)))
+
+
+@torch.no_grad()
+def validation_loss(
+    model: Seq2SeqTransformer, split: sd.EncodedSplit, *, batch_size: int = 64,
+    bf16: bool = False, device: str = "cpu",
+) -> float:
+    """Cross-entropy per target token (nats) over a whole split, teacher forced."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in split.batches(batch_size, shuffle=False):
+        batch = _to(batch, device)
+        with autocast(bf16, device):
+            _, ce = _losses(model, batch, 0.0)
+        n = int((batch.tgt_out != model.cfg.pad_id).sum())
+        total, tokens = total + ce.item() * n, tokens + n
+    model.train(was_training)
+    return total / tokens
+
+
+def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, Any]:
+    """Train a summarizer; see the module docstring. Returns a dict for :func:`torch.save`:
+    ``config``, ``model_config``, ``state_dict``, ``tokenizer`` (JSON), ``curves`` (per step:
+    ``step``, ``train_loss`` (plain cross-entropy), ``lr``; per evaluation: ``val_step``,
+    ``val_epoch``, ``val_loss``), ``steps``, ``epochs``, ``parameters``, ``train_tokens``
+    (source + target tokens without padding), ``seconds`` (wall time, validation included) and
+    ``tokens_per_second`` (training steps only)."""
+    seed_everything(cfg.seed)
+    train_ex, val_ex = load_splits(cfg)
+    tokenizer = make_tokenizer(cfg, train_ex)
+    train_enc = sd.encode_split(tokenizer, train_ex, cfg.max_source_len, cfg.max_target_len)
+    val_enc = sd.encode_split(tokenizer, val_ex, cfg.max_source_len, cfg.max_target_len)
+    model = Seq2SeqTransformer(model_config(cfg, tokenizer)).to(cfg.device).train()
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, cfg.beta2),
+    )
+    steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    step_budgets = [b for b in (cfg.max_steps, cfg.epochs and math.ceil(cfg.epochs * steps_per_epoch)) if b]
+    max_steps = min(step_budgets) if step_budgets else None
+
+    def used(step: int, seconds: float) -> float:
+        fractions = [step / max_steps] if max_steps else []
+        if cfg.minutes is not None:
+            fractions.append(seconds / (60 * cfg.minutes))
+        return max(fractions)
+
+    curve_names = ("step", "train_loss", "lr", "val_step", "val_epoch", "val_loss")
+    curves: dict[str, list[float]] = {k: [] for k in curve_names}
+
+    validation_seconds = 0.0
+
+    def record_validation(step: int) -> None:
+        nonlocal validation_seconds
+        t0 = time.perf_counter()
+        curves["val_step"].append(step)
+        curves["val_epoch"].append(step / steps_per_epoch)
+        curves["val_loss"].append(validation_loss(model, val_enc, bf16=cfg.bf16, device=cfg.device))
+        validation_seconds += time.perf_counter() - t0
+
+    step, tokens, start, done = 0, 0, time.perf_counter(), False
+    bar = _bar(show_progress, total=max_steps, desc="training")
+    epoch = 0
+    while not done:
+        for batch in train_enc.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
+            batch = _to(batch, cfg.device)
+            lr = cfg.lr * lr_factor(step, used(step, time.perf_counter() - start), cfg.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast(cfg.bf16, cfg.device):
+                loss, ce = _losses(model, batch, cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            tokens += int((batch.src != model.cfg.pad_id).sum() + (batch.tgt_out != model.cfg.pad_id).sum())
+            curves["step"].append(step)
+            curves["train_loss"].append(ce.item())
+            curves["lr"].append(lr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{ce.item():.3f}", refresh=False)
+            if used(step, time.perf_counter() - start) >= 1.0:
+                done = True
+                break
+        epoch += 1
+        if not done:
+            record_validation(step)
+    record_validation(step)
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {
+        "config": asdict(cfg),
+        "model_config": asdict(model.cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.to_str(),
+        "curves": curves,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "parameters": count_parameters(model),
+        "train_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / (seconds - validation_seconds),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# generation and evaluation
+
+
+def summarize(
+    model: Seq2SeqTransformer,
+    tokenizer: Tokenizer,
+    documents: Sequence[str],
+    decode: DecodeConfig = DecodeConfig(),
+    *,
+    max_source_len: int = 256,
+    batch_size: int = 32,
+    bf16: bool = False,
+    show_progress: bool | None = None,
+) -> list[str]:
+    """One generated summary per document (inputs cut as in training), in the input order.
+    Documents are decoded in batches of similar length."""
+    sources = sd.encode_texts(tokenizer, documents, max_source_len)
+    pad = model.cfg.pad_id
+    device = next(model.parameters()).device
+    out: list[str] = [""] * len(sources)
+    order = sd.length_batches([len(s) for s in sources], batch_size, shuffle=False)
+    for idx in _bar(show_progress, iterable=order, desc="decoding"):
+        src = torch.full((len(idx), max(len(sources[i]) for i in idx)), pad, dtype=torch.long)
+        for row, i in enumerate(idx):
+            src[row, : len(sources[i])] = torch.tensor(sources[i])
+        with autocast(bf16, device.type):
+            gen = generate(model, src.to(device), **asdict(decode))
+        for i, tokens in zip(idx, gen.tokens):
+            out[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return out
+
+
+def evaluate(
+    model: Seq2SeqTransformer,
+    tokenizer: Tokenizer,
+    examples: Sequence[sd.SummaryExample],
+    decode: DecodeConfig = DecodeConfig(),
+    *,
+    max_source_len: int = 256,
+    batch_size: int = 32,
+    bf16: bool = False,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Summaries of ``examples`` and their ROUGE-1/2/L (F1 x 100) under both multi-reference
+    rules: ``{"rouge_max": {...}, "rouge_first": {...}, "predictions": [...],
+    "mean_words": average words per summary}``. With one reference per example the two agree."""
+    preds = summarize(model, tokenizer, [ex.document for ex in examples], decode,
+                      max_source_len=max_source_len, batch_size=batch_size, bf16=bf16,
+                      show_progress=show_progress)
+    refs = [ex.references for ex in examples]
+    return {
+        "rouge_max": rouge_scores(preds, refs, multi_ref="max"),
+        "rouge_first": rouge_scores(preds, refs, multi_ref="first"),
+        "predictions": preds,
+        "mean_words": sum(len(p.split()) for p in preds) / len(preds),
+    }
+
+
+def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full run for ``python -m dgmbook full``: train :func:`full_config`, then ROUGE on the
+    DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams).
+    Returns ``(config, metrics)``."""
+    cfg = full_config()
+    result = train(cfg, show_progress=progress)
+    model, tokenizer = load_trained(result)
+    test, xsum = sd.load_dialogsum("test"), sd.load_xsum_sample()
+    kw = dict(max_source_len=cfg.max_source_len, show_progress=progress)
+    metrics: dict[str, Any] = {
+        k: result[k]
+        for k in ("steps", "epochs", "parameters", "train_tokens", "seconds", "tokens_per_second")
+    }
+    metrics["final_val_loss"] = result["curves"]["val_loss"][-1]
+    for name, examples, decode in (
+        ("dialogsum_greedy", test, DecodeConfig()),
+        ("dialogsum_beam4", test, DecodeConfig(num_beams=4)),
+        ("xsum_beam4", xsum, DecodeConfig(num_beams=4)),
+    ):
+        scores = evaluate(model, tokenizer, examples, decode, **kw)
+        metrics[name] = {k: scores[k] for k in ("rouge_max", "rouge_first", "mean_words")}
+    return asdict(cfg), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+PRESETS = {"book": book_config, "full": full_config, "course": course_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgmbook.summarize", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="book")
+    parser.add_argument("--minutes", type=float, help="a time budget (replaces the preset's budgets)")
+    parser.add_argument("--steps", type=int, help="a step budget (replaces the preset's budgets)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--no-bf16", action="store_true", help="train in float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval", type=int, default=100, metavar="N",
+                        help="ROUGE on the first N test dialogues (0: none)")
+    parser.add_argument("--beams", type=int, default=1)
+    parser.add_argument("--out", help="save the result dict here (torch.save)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PRESETS[args.preset]()
+    if args.minutes is not None or args.steps is not None:
+        cfg = replace(cfg, minutes=args.minutes, max_steps=args.steps, epochs=None)
+    cfg = replace(cfg, bf16=not args.no_bf16, device=args.device)
+    result = train(cfg, show_progress=True)
+    print(f"{result['steps']} steps ({result['epochs']:.2f} epochs) in {result['seconds']:.0f} s, "
+          f"{result['tokens_per_second']:.0f} tokens/s, {result['parameters']:,} parameters, "
+          f"validation loss {result['curves']['val_loss'][-1]:.3f}")
+    if args.out:
+        torch.save(result, args.out)
+        print(f"saved {args.out}")
+    if args.eval:
+        model, tokenizer = load_trained(result)
+        test = sd.load_dialogsum("test")[: args.eval]
+        t0 = time.perf_counter()
+        scores = evaluate(model.to(args.device), tokenizer, test, DecodeConfig(num_beams=args.beams),
+                          max_source_len=cfg.max_source_len, show_progress=True)
+        print(f"decoded {len(test)} test dialogues in {time.perf_counter() - t0:.0f} s")
+        for rule in ("first", "max"):
+            r = scores[f"rouge_{rule}"]
+            print(f"ROUGE-1/2/L ({rule} reference): "
+                  f"{r['rouge1']:.1f} / {r['rouge2']:.1f} / {r['rougeL']:.1f}")
+        for ex, pred in list(zip(test, scores["predictions"]))[:3]:
+            print(f"- reference: {ex.references[0]}\n  generated: {pred}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

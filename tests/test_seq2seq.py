@@ -1,0 +1,202 @@
+"""The hand-written encoder-decoder: layers against torch.nn's with copied weights, the KV cache
+against teacher forcing, padding and the tied output projection."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dgmbook.seq2seq import (
+    DecoderLayer,
+    EncoderLayer,
+    MultiHeadAttention,
+    Seq2SeqConfig,
+    Seq2SeqTransformer,
+    sinusoidal_positions,
+)
+
+D, H, FF = 32, 4, 64
+
+
+def tiny_config(**kw) -> Seq2SeqConfig:
+    base = dict(vocab_size=50, d_model=D, n_heads=H, n_enc_layers=2, n_dec_layers=2, d_ff=FF,
+                max_len=40, dropout=0.0)
+    return Seq2SeqConfig(**{**base, **kw})
+
+
+def tiny_model(seed: int = 0, **kw) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    return Seq2SeqTransformer(tiny_config(**kw)).double().eval()
+
+
+def padded_source(lengths, vocab=50, pad=0, seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(3, vocab, (n,), generator=g)
+    return src
+
+
+def copy_attention(ours: MultiHeadAttention, theirs: nn.MultiheadAttention) -> None:
+    """nn.MultiheadAttention stacks the Q, K, V projections in ``in_proj_weight`` [3D, D]."""
+    d = theirs.embed_dim
+    with torch.no_grad():
+        for lin, w, b in ((ours.q_proj, theirs.in_proj_weight[:d], theirs.in_proj_bias[:d]),
+                          (ours.kv_proj, theirs.in_proj_weight[d:], theirs.in_proj_bias[d:]),
+                          (ours.out_proj, theirs.out_proj.weight, theirs.out_proj.bias)):
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+
+
+def copy_ff_and_norms(ours, theirs, n_norms: int) -> None:
+    with torch.no_grad():
+        for name in ("linear1", "linear2"):
+            getattr(ours.ff, name).load_state_dict(getattr(theirs, name).state_dict())
+        for i in range(1, n_norms + 1):
+            getattr(ours, f"norm{i}").load_state_dict(getattr(theirs, f"norm{i}").state_dict())
+
+
+def randomize(module: nn.Module, seed: int) -> None:
+    """Non-trivial LayerNorm and bias values, so that copying them is tested too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+
+
+def test_attention_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(D, H, batch_first=True).double().eval()
+    ours = MultiHeadAttention(D, H).double().eval()
+    copy_attention(ours, theirs)
+    x, mem = torch.randn(3, 7, D, dtype=torch.double), torch.randn(3, 9, D, dtype=torch.double)
+    pad = torch.tensor([[False] * 9, [False] * 6 + [True] * 3, [False] * 2 + [True] * 7])  # True = pad
+    # self-attention, causal
+    causal = nn.Transformer.generate_square_subsequent_mask(7, dtype=torch.double)
+    ref, _ = theirs(x, x, x, attn_mask=causal, need_weights=False)
+    torch.testing.assert_close(ours(x, is_causal=True), ref)
+    # cross-attention with key padding
+    ref, _ = theirs(x, mem, mem, key_padding_mask=pad, need_weights=False)
+    torch.testing.assert_close(ours(x, mem, mask=~pad[:, None, None, :]), ref)
+
+
+def test_encoder_layer_matches_torch():
+    cfg = tiny_config()
+    theirs = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, activation="gelu", batch_first=True,
+                                        norm_first=True).double().eval()
+    randomize(theirs, 0)
+    ours = EncoderLayer(cfg).double().eval()
+    copy_attention(ours.self_attn, theirs.self_attn)
+    copy_ff_and_norms(ours, theirs, 2)
+    src = padded_source([6, 4, 2])
+    x = torch.randn(3, 6, D, dtype=torch.double)
+    with torch.no_grad():
+        ref = theirs(x, src_key_padding_mask=src == 0)
+        got = ours(x, (src != 0)[:, None, None, :])
+    real = src != 0
+    torch.testing.assert_close(got[real], ref[real])
+
+
+def test_decoder_layer_matches_torch():
+    cfg = tiny_config()
+    theirs = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, activation="gelu", batch_first=True,
+                                        norm_first=True).double().eval()
+    randomize(theirs, 1)
+    ours = DecoderLayer(cfg).double().eval()
+    copy_attention(ours.self_attn, theirs.self_attn)
+    copy_attention(ours.cross_attn, theirs.multihead_attn)
+    copy_ff_and_norms(ours, theirs, 3)
+    src = padded_source([6, 4, 2])
+    y, mem = torch.randn(3, 5, D, dtype=torch.double), torch.randn(3, 6, D, dtype=torch.double)
+    causal = nn.Transformer.generate_square_subsequent_mask(5, dtype=torch.double)
+    with torch.no_grad():
+        ref = theirs(y, mem, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=src == 0)
+        got = ours(y, ours.cross_attn.project_kv(mem), (src != 0)[:, None, None, :])
+    torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_kv_cache_matches_teacher_forcing(positions):
+    model = tiny_model(positions=positions)
+    src = padded_source([9, 5, 2, 7])  # a batch with source padding
+    tgt = torch.cat([torch.full((4, 1), 1), padded_source([12] * 4, seed=2)], dim=1)  # BOS + 12
+    with torch.no_grad():
+        full = model(src, tgt)  # [B, T, V] teacher forced
+        memory, keep = model.encode(src)
+        cache = model.init_cache(memory, keep, capacity=tgt.shape[1])
+        # one token at a time, then a chunk of 4 after a cached prefix, then the rest
+        steps = [model.decode_step(tgt[:, t : t + 1], cache) for t in range(6)]
+        steps.append(model.decode_step(tgt[:, 6:10], cache))
+        steps.append(model.decode_step(tgt[:, 10:], cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length == tgt.shape[1]
+
+
+def test_kv_cache_in_float32_is_close_to_teacher_forcing():
+    model = tiny_model().float()
+    src, tgt = padded_source([8, 3]), torch.cat([torch.full((2, 1), 1), padded_source([10, 10], seed=3)], 1)
+    with torch.no_grad():
+        full = model(src, tgt)
+        cache = model.init_cache(*model.encode(src), capacity=tgt.shape[1])
+        inc = torch.cat([model.decode_step(tgt[:, t : t + 1], cache) for t in range(tgt.shape[1])], 1)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_reorder_follows_the_rows():
+    model = tiny_model()
+    src = padded_source([5, 5, 5])[[0, 0, 0]]  # three beams of one source
+    tgt = torch.cat([torch.full((3, 1), 1), padded_source([6] * 3, seed=4)], dim=1)
+    with torch.no_grad():
+        cache = model.init_cache(*model.encode(src), capacity=7)
+        model.decode_step(tgt[:, :4], cache)
+        order = torch.tensor([2, 2, 0])
+        cache.reorder(order)
+        new = tgt[order]
+        got = model.decode_step(new[:, 4:5], cache)[:, 0]
+        ref = model(src, new[:, :5])[:, -1]
+    torch.testing.assert_close(got, ref)
+
+
+def test_cache_overflow_and_long_inputs_raise():
+    model = tiny_model()
+    src = padded_source([3])
+    with torch.no_grad():
+        cache = model.init_cache(*model.encode(src), capacity=2)
+        model.decode_step(torch.tensor([[1, 5]]), cache)
+        with pytest.raises(ValueError, match="KV cache overflow"):
+            model.decode_step(torch.tensor([[6]]), cache)
+        with pytest.raises(ValueError, match="max_len"):
+            model.encode(padded_source([41]))
+
+
+def test_source_padding_does_not_change_the_output():
+    model = tiny_model()
+    src = padded_source([9, 4])
+    tgt = torch.tensor([[1, 7, 8, 9]] * 2)
+    with torch.no_grad():
+        batched = model(src, tgt)[1]
+        alone = model(src[1:, :4], tgt[1:])[0]
+    torch.testing.assert_close(batched, alone)
+
+
+def test_output_projection_is_tied_and_loss_ignores_padding():
+    model = tiny_model()
+    vocab_matrices = [p for p in model.parameters() if p.shape == (50, D)]
+    assert len(vocab_matrices) == 1 and vocab_matrices[0] is model.tok_emb.weight
+    src, tgt_in = padded_source([5, 3]), torch.tensor([[1, 4, 5, 6], [1, 7, 0, 0]])
+    tgt_out = torch.tensor([[4, 5, 6, 2], [7, 2, 0, 0]])
+    with torch.no_grad():
+        logp = model(src, tgt_in).log_softmax(-1)
+        real = tgt_out != 0
+        expected = -logp.gather(2, tgt_out[:, :, None])[:, :, 0][real].mean()
+        torch.testing.assert_close(model.loss(src, tgt_in, tgt_out), expected)
+
+
+def test_sinusoidal_table_and_config_checks():
+    P = sinusoidal_positions(5, 6)
+    assert P.shape == (5, 6)
+    assert torch.isclose(P[3, 2], torch.sin(torch.tensor(3 / 10000 ** (2 / 6))))
+    assert torch.isclose(P[3, 5], torch.cos(torch.tensor(3 / 10000 ** (4 / 6))))
+    with pytest.raises(ValueError, match="divisible"):
+        Seq2SeqConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="positions"):
+        Seq2SeqConfig(positions="rotary")
