@@ -21,6 +21,7 @@ from dgmbook import data, recorded
 # name -> "module:function"; chapters with long runs add one line here.
 EXPERIMENTS: dict[str, str] = {
     "summarization-scratch": "dgmbook.summarize:full_experiment",
+    "summarization-pretrained": "dgmbook.pretrained:full_experiment",
 }
 
 
