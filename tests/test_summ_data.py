@@ -149,3 +149,13 @@ def test_training_pipeline_end_to_end(dialogsum):
     assert len(scores["predictions"]) == 4
     with pytest.raises(ValueError, match="training budget"):
         S.TrainConfig()
+
+
+def test_repetition_statistics(tokenizer):
+    from dgmbook import summarize as S
+
+    assert S.longest_token_run(tokenizer, "") == 0
+    assert S.longest_token_run(tokenizer, "the new job") == 1
+    assert S.longest_token_run(tokenizer, "the new new new job") == 3
+    stats = S.repetition_stats(tokenizer, ["the new new job", "a job", "a job"])
+    assert stats == {"repeated": 1, "longest_run": 2, "distinct": 2, "n": 3}

@@ -366,10 +366,31 @@ def evaluate(
     }
 
 
+def longest_token_run(tokenizer: Tokenizer, text: str) -> int:
+    """The most times one token follows itself in a row in ``text`` (1: no token repeated back
+    to back; 0: empty text). Degenerate outputs such as "the new new new job" score 3."""
+    tokens, best, run = tokenizer.encode(text).tokens, 0, 0
+    for i, tok in enumerate(tokens):
+        run = run + 1 if i > 0 and tok == tokens[i - 1] else 1
+        best = max(best, run)
+    return best
+
+
+def repetition_stats(tokenizer: Tokenizer, predictions: Sequence[str]) -> dict[str, Any]:
+    """How degenerate a set of summaries is: ``repeated`` (summaries with a token repeated back to
+    back), ``longest_run`` (the longest such run), ``distinct`` (different summaries) and ``n``."""
+    runs = [longest_token_run(tokenizer, p) for p in predictions]
+    return {"repeated": sum(r > 1 for r in runs), "longest_run": max(runs, default=0),
+            "distinct": len(set(predictions)), "n": len(predictions)}
+
+
+EXAMPLES_RECORDED = 25  # summaries of the first test examples kept in the full run's results file
+
+
 def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """The full run for ``python -m dgmbook full``: train :func:`full_config`, then ROUGE on the
-    DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams).
-    Returns ``(config, metrics)``."""
+    DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams), each with its
+    repetition statistics and its first summaries. Returns ``(config, metrics)``."""
     cfg = full_config()
     result = train(cfg, show_progress=progress)
     model, tokenizer = load_trained(result)
@@ -387,6 +408,8 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     ):
         scores = evaluate(model, tokenizer, examples, decode, **kw)
         metrics[name] = {k: scores[k] for k in ("rouge_max", "rouge_first", "mean_words")}
+        metrics[name]["repetition"] = repetition_stats(tokenizer, scores["predictions"])
+        metrics[name]["examples"] = scores["predictions"][:EXAMPLES_RECORDED]
     return asdict(cfg), metrics
 
 
