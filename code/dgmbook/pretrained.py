@@ -605,11 +605,14 @@ def evaluate(
     }
 
 
+EXAMPLES_RECORDED = 25  # the full run keeps its first summaries of each evaluation, for reading
+
+
 def full_experiment(progress: bool = True) -> tuple[dict, dict]:
     """The full run for ``python -m dgmbook full``: fine-tune :func:`full_config`, then ROUGE on
     the DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams), as the
     from-scratch chapter's full run. Returns ``(config, metrics)``; the metrics hold the
-    learning curve."""
+    learning curve and the first :data:`EXAMPLES_RECORDED` summaries of each evaluation."""
     cfg = full_config()
     result = train(cfg, show_progress=progress)
     model, tokenizer = load_trained(result)
@@ -629,4 +632,5 @@ def full_experiment(progress: bool = True) -> tuple[dict, dict]:
         scores = evaluate(model, tokenizer, examples, decode, **kw)
         keep = ("rouge_max", "rouge_first", "mean_words", "seconds_per_example")
         metrics[name] = {k: scores[k] for k in keep}
+        metrics[name]["examples"] = scores["predictions"][:EXAMPLES_RECORDED]
     return asdict(cfg), metrics
