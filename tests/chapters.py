@@ -73,10 +73,12 @@ def reference_mismatch(chapter: Path) -> str | None:
 
 
 def execute(chapter: Path, timeout: int = 600):
-    """Execute a chapter the way the book build does (working directory book/) and return it."""
+    """Execute a chapter the way the book build does (working directory book/, the cell timeout
+    of the chapter's ``mystnb: execution_timeout`` front matter if it sets one) and return it."""
     import nbclient
 
     nb = read_chapter(chapter)
+    timeout = nb.metadata.get("mystnb", {}).get("execution_timeout", timeout)
     client = nbclient.NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
     )
