@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POSITIONS = ("learned", "sinusoidal")
+INITS = ("gpt2", "xavier")
 
 
 @dataclass
@@ -54,8 +55,11 @@ class Seq2SeqConfig:
     bos_id: int = 1
     eos_id: int = 2
     positions: str = "learned"  # "learned" or "sinusoidal"
+    init: str = "gpt2"  # "gpt2" or "xavier" (see Seq2SeqTransformer._init_weights)
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.positions not in POSITIONS:
@@ -270,14 +274,29 @@ class Seq2SeqTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write
-        into the residual stream scaled by 1/sqrt(2 * number of layers)."""
+        """Zero biases, unit LayerNorm gains, and for the weight matrices either
+
+        * ``"gpt2"``: GPT-2's N(0, 0.02), the projections that write into the residual stream
+          scaled by 1/sqrt(2 * number of layers); or
+        * ``"xavier"``: ``torch.nn.Transformer``'s Glorot-uniform linear layers (std
+          sqrt(2 / (fan_in + fan_out)), 0.0625 for a 256 x 256 matrix), embeddings N(0, 1/d_model)
+          so that the tied output layer starts with logits of unit scale.
+
+        An attention score is bilinear in W_q and W_k, so its gradient with respect to one is
+        proportional to the other: with 0.02 weights the cross-attention starts flat and learns
+        slowly, and the decoder first learns a language model that ignores the document
+        (``source_use`` measures this); the larger Glorot weights leave that plateau sooner."""
         residual_std = 0.02 / math.sqrt(2 * (self.cfg.n_enc_layers + self.cfg.n_dec_layers))
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(p)
             elif "norm" in name:
                 nn.init.ones_(p)
+            elif self.cfg.init == "xavier":
+                if name.endswith(("tok_emb.weight", "pos.weight")):
+                    nn.init.normal_(p, std=self.cfg.d_model ** -0.5)
+                else:
+                    nn.init.xavier_uniform_(p)
             elif name.endswith(("out_proj.weight", "linear2.weight")):
                 nn.init.normal_(p, std=residual_std)
             else:
