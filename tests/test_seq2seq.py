@@ -200,3 +200,27 @@ def test_sinusoidal_table_and_config_checks():
         Seq2SeqConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="positions"):
         Seq2SeqConfig(positions="rotary")
+
+
+def test_initialisations():
+    """``gpt2``: N(0, 0.02), residual projections scaled down; ``xavier``: Glorot-uniform matrices
+    (bounded by sqrt(6 / (fan_in + fan_out))) and N(0, 1/d) embeddings; both zero biases."""
+    cfg = dict(vocab_size=2000, d_model=64, n_heads=4, d_ff=256, max_len=64)
+    torch.manual_seed(0)
+    gpt2 = Seq2SeqTransformer(Seq2SeqConfig(**cfg))
+    torch.manual_seed(0)
+    xav = Seq2SeqTransformer(Seq2SeqConfig(**cfg, init="xavier"))
+    layers = 2 * (3 + 3)  # 2 x (encoder + decoder layers)
+    assert abs(gpt2.tok_emb.weight.std().item() - 0.02) < 0.002
+    q = gpt2.decoder[0].cross_attn.q_proj.weight
+    assert abs(q.std().item() - 0.02) < 0.002
+    out = gpt2.decoder[0].ff.linear2.weight
+    assert abs(out.std().item() - 0.02 / layers ** 0.5) < 0.001
+    assert abs(xav.tok_emb.weight.std().item() - 64 ** -0.5) < 0.01
+    for w in (xav.decoder[0].cross_attn.q_proj.weight, xav.encoder[1].ff.linear1.weight):
+        bound = (6 / sum(w.shape)) ** 0.5
+        assert w.abs().max().item() <= bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.1 * bound
+    assert all(b.abs().max() == 0 for n, b in xav.named_parameters() if n.endswith("bias"))
+    with pytest.raises(ValueError, match="init"):
+        Seq2SeqConfig(init="kaiming")
