@@ -93,6 +93,46 @@ def test_bert2bert_is_warm_started(bert2bert):
 
 
 @needs_minilm
+def test_speaker_tags_are_single_tokens_that_start_as_their_pieces(bert2bert):
+    model, tokenizer = bert2bert
+    plain_model, plain_tok = P.build_bert2bert(speaker_tags=False)
+    text = "#Person1#: it's #Person2#'s turn."
+    assert tokenizer.tokenize(text)[0] == "#Person1#"
+    assert plain_tok.tokenize(text)[:4] == ["#", "person", "##1", "#"]
+    assert len(tokenizer) == len(plain_tok) + len(P.SPEAKER_TAGS)
+    # every other word is tokenized as before, and the tags come back from a decode
+    assert tokenizer.tokenize("hello, mr. smith") == plain_tok.tokenize("hello, mr. smith")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert P.tidy(tokenizer.decode(ids)) == "#Person1# : it's #Person2#'s turn."
+    # a tag's embedding row (encoder and decoder) is the mean of its pieces' rows
+    pieces = plain_tok.convert_tokens_to_ids(["#", "person", "##2", "#"])
+    tag = tokenizer.convert_tokens_to_ids("#Person2#")
+    for half, plain_half in ((model.encoder, plain_model.encoder), (model.decoder, plain_model.decoder)):
+        table, plain_table = half.get_input_embeddings().weight, plain_half.get_input_embeddings().weight
+        assert table.shape[0] == len(tokenizer)
+        torch.testing.assert_close(table[tag], plain_table[pieces].mean(0))
+    # the decoder's output layer is still its word embeddings, now with the tags
+    assert model.decoder.get_output_embeddings().weight is model.decoder.get_input_embeddings().weight
+    assert model.decoder.cls.predictions.bias.shape == (len(tokenizer),)
+
+
+@needs_minilm
+def test_init_cross_attention_redraws_only_cross_attention_matrices():
+    torch.manual_seed(0)
+    model, _ = P.build_bert2bert(speaker_tags=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert P.init_cross_attention(model) == 4 * model.config.decoder.num_hidden_layers  # q, k, v, out
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("crossattention" in k and k.endswith("weight") for k in changed)
+    assert all(before[k].ndim == 2 for k in changed)
+    w = model.decoder.bert.encoder.layer[0].crossattention.self.query.weight  # 384 x 384
+    assert abs(w.std().item() - (2 / (2 * 384)) ** 0.5) < 0.002  # Glorot: 0.051, not 0.02
+    assert abs(before["decoder.bert.encoder.layer.0.crossattention.self.query.weight"].std().item() - 0.02) < 0.002
+    with pytest.raises(ValueError, match="cross_init"):
+        P.FinetuneConfig(cross_init="zeros")
+
+
+@needs_minilm
 def test_new_parameters_are_cross_attention_and_lm_head_transform(bert2bert):
     model, _ = bert2bert
     new = P.new_parameters(model)

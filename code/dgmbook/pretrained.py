@@ -9,7 +9,10 @@ Models
   It starts decoding from ``[CLS]`` and ends with ``[SEP]``; WordPiece is uncased. The checkpoint
   is ``sentence-transformers/all-MiniLM-L6-v2``, a distilled BERT tuned for sentence embeddings:
   it ships no masked-LM head, so the transform of the decoder's LM head starts random too
-  (:func:`new_parameters`: 3.7M of the 49M parameters).
+  (:func:`new_parameters`: 3.7M of the 49M parameters). DialogSum's speaker tags ``#Person1#``
+  ... ``#Person7#`` become single tokens (:func:`add_speaker_tags`; WordPiece would split each
+  into four pieces, ``# person ##1 #``), and the new cross-attention starts Glorot-uniform rather
+  than at BERT's N(0, 0.02) (:func:`init_cross_attention`; ``FinetuneConfig.cross_init``).
 * any other name -- ``AutoModelForSeq2SeqLM.from_pretrained(name)``, e.g. ``"t5-small"`` (needs
   the Hugging Face hub or a local copy); T5 was trained with task prefixes, so its configuration
   sets ``source_prefix="summarize: "`` (see :func:`book_config`).
@@ -36,6 +39,7 @@ import contextlib
 import copy
 import importlib.util
 import logging
+import math
 import re
 import time
 import warnings
@@ -48,6 +52,7 @@ import torch.nn.functional as F
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    AddedToken,
     BertTokenizerFast,
     EncoderDecoderModel,
     PreTrainedModel,
@@ -68,8 +73,10 @@ T5_PREFIX = "summarize: "
 # Parameters that BERT2BERT adds to the checkpoint (randomly initialized): the decoder's
 # cross-attention and the transform of its LM head (whose output matrix is the word embeddings).
 NEW_PARAMETER_MARKS = ("crossattention", "cls.predictions.transform", "cls.predictions.bias")
+SPEAKER_TAGS = tuple(f"#Person{i}#" for i in range(1, 8))  # every tag DialogSum uses
 IGNORE_INDEX = -100  # label of padding positions (ignored by the loss)
 OPTIMIZERS = ("adamw", "adafactor")
+CROSS_INITS = ("xavier", "bert")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +130,33 @@ def minilm_dir() -> Path:
     return path
 
 
-def build_bert2bert() -> tuple[EncoderDecoderModel, BertTokenizerFast]:
+def add_speaker_tags(model: EncoderDecoderModel, tokenizer: BertTokenizerFast) -> list[int]:
+    """Make DialogSum's speaker tags ``#Person1#`` ... ``#Person7#`` (:data:`SPEAKER_TAGS`) single
+    tokens of the tokenizer and of both embedding tables, so that the decoder copies a speaker in
+    one step instead of spelling ``# person ##1 #``. A tag's new embedding row (encoder and
+    decoder) starts as the mean of the rows of the pieces it replaces, so the pretrained model
+    reads it as before, roughly. The tags match case-sensitively before the uncased
+    normalization (they are not lowercased). Returns the new ids; the decoder's output layer
+    stays tied to its (now larger) word embeddings."""
+    pieces = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t)) for t in SPEAKER_TAGS]
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in SPEAKER_TAGS])
+    ids = tokenizer.convert_tokens_to_ids(list(SPEAKER_TAGS))
+    for half in (model.encoder, model.decoder):
+        half.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        table = half.get_input_embeddings().weight
+        with torch.no_grad():
+            for i, p in zip(ids, pieces):
+                table[i] = table[p].mean(0)
+    model.config.encoder.vocab_size = model.config.decoder.vocab_size = len(tokenizer)
+    return ids
+
+
+def build_bert2bert(speaker_tags: bool = True) -> tuple[EncoderDecoderModel, BertTokenizerFast]:
     """BERT2BERT warm-started from MiniLM (6 layers, width 384, 30,522 WordPieces): encoder and
     decoder weights from the checkpoint, cross-attention and the LM head's transform new.
-    Decoding starts from ``[CLS]``, ends at ``[SEP]``, pads with ``[PAD]``."""
+    Decoding starts from ``[CLS]``, ends at ``[SEP]``, pads with ``[PAD]``. With
+    ``speaker_tags`` the tokenizer and both embedding tables gain the 7 speaker tags as tokens
+    (:func:`add_speaker_tags`)."""
     path = str(minilm_dir())
     with quiet_transformers():
         model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
@@ -140,14 +170,19 @@ def build_bert2bert() -> tuple[EncoderDecoderModel, BertTokenizerFast]:
     for config in (model.config, model.generation_config):
         for key, value in special.items():
             setattr(config, key, value)
+    if speaker_tags:
+        add_speaker_tags(model, tokenizer)
     return model, tokenizer
 
 
-def load_model(name: str = BERT2BERT) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``(model, tokenizer)``: :func:`build_bert2bert` for ``"bert2bert"``, otherwise a
-    pretrained sequence-to-sequence model from the hub or a local folder (e.g. ``"t5-small"``)."""
+def load_model(
+    name: str = BERT2BERT, speaker_tags: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(model, tokenizer)``: :func:`build_bert2bert` for ``"bert2bert"`` (``speaker_tags`` goes
+    to it), otherwise a pretrained sequence-to-sequence model from the hub or a local folder
+    (e.g. ``"t5-small"``), as it is."""
     if name == BERT2BERT:
-        return build_bert2bert()
+        return build_bert2bert(speaker_tags)
     try:
         with quiet_transformers():
             return AutoModelForSeq2SeqLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
@@ -247,6 +282,10 @@ class FinetuneConfig:
 
     model: str = BERT2BERT  # "bert2bert" or a hub id / folder such as "t5-small"
     source_prefix: str = ""  # T5: "summarize: "
+    speaker_tags: bool = True  # BERT2BERT: #Person1# ... #Person7# as tokens (add_speaker_tags)
+    # BERT2BERT's new cross-attention matrices: "xavier" (Glorot-uniform, init_cross_attention)
+    # or "bert" (the checkpoint config's N(0, 0.02), what EncoderDecoderModel gives them)
+    cross_init: str = "xavier"
     max_source_len: int = 256  # input tokens, special tokens included
     max_target_len: int = 64  # summary tokens, EOS included
     batch_size: int = 8
@@ -270,6 +309,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.cross_init not in CROSS_INITS:
+            raise ValueError(f"cross_init must be one of {CROSS_INITS}, got {self.cross_init!r}")
         if self.max_examples < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("max_examples, batch_size and eval_every must be >= 1")
 
@@ -321,6 +362,41 @@ def new_parameters(model: torch.nn.Module) -> set[str]:
     """Names of the parameters that did not come from the checkpoint (see
     :data:`NEW_PARAMETER_MARKS`; none in a pretrained T5): BERT2BERT's 3.7M of 49M."""
     return {n for n, _ in model.named_parameters() if any(m in n for m in NEW_PARAMETER_MARKS)}
+
+
+def init_cross_attention(model: torch.nn.Module) -> int:
+    """Re-draw the weight matrices of every cross-attention block (query, key, value, output)
+    Glorot-uniform, std sqrt(2 / (fan_in + fan_out)) = 0.051 for 384 x 384, instead of BERT's
+    N(0, 0.02). An attention score is bilinear in the query and key weights, so at 0.02 the
+    scores start about (0.051 / 0.02)^2 = 6.5 times smaller, nearly uniform over the source, and
+    the gradient that would make them selective is small too: the decoder first learns to write
+    a generic summary that ignores the dialogue (the previous chapter's "gpt2" initialization,
+    measured there). Biases stay zero. Returns the number of matrices re-drawn (none in a model
+    without cross-attention blocks named ``crossattention``, e.g. T5)."""
+    n = 0
+    for name, p in model.named_parameters():
+        if "crossattention" in name and p.ndim == 2:
+            torch.nn.init.xavier_uniform_(p)
+            n += 1
+    return n
+
+
+@torch.no_grad()
+def cross_attention_score_std(model: EncoderDecoderModel, batch: dict[str, torch.Tensor]) -> float:
+    """The standard deviation of the first decoder layer's cross-attention scores
+    ``q . k / sqrt(d_head)`` (before the softmax, all heads, real source positions only) on
+    ``batch``: keys from the encoder's output, queries from the decoder's embeddings of the
+    decoder inputs (what reaches the first cross-attention, less one self-attention sub-layer)."""
+    memory = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    h = model.decoder.bert.embeddings(input_ids=batch["decoder_input_ids"])  # [B, T, D]
+    att = model.decoder.bert.encoder.layer[0].crossattention.self
+    B, T, D = h.shape
+    H = model.config.decoder.num_attention_heads
+    q = att.query(h).view(B, T, H, D // H).transpose(1, 2)  # [B, T, D] -> [B, H, T, Dh]
+    k = att.key(memory).view(B, -1, H, D // H).transpose(1, 2)  # [B, S, D] -> [B, H, S, Dh]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D // H)  # [B, H, T, S]
+    keep = (batch["attention_mask"].bool()[:, None, None, :] & (batch["labels"] != IGNORE_INDEX)[:, None, :, None])
+    return scores.masked_select(keep.expand_as(scores)).std().item()
 
 
 def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -430,13 +506,15 @@ def train(
     bar on or off (``None``: :func:`dgmbook.utils.progress` decides)."""
     seed_everything(cfg.seed)
     if model is None or tokenizer is None:
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, cfg.speaker_tags)
     train_examples = list(train_examples if train_examples is not None else load_dialogsum("train"))
     val_examples = list(val_examples if val_examples is not None else load_dialogsum("validation"))
     if not train_examples:
         raise ValueError("no training examples")
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
+    if cfg.cross_init == "xavier":
+        init_cross_attention(model)
     start, eos, pad = special_token_ids(model)
 
     def enc(examples: Sequence[SummaryExample]) -> Encoded:
@@ -522,7 +600,8 @@ def load_trained(result: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     """The model of a :func:`train` result (run with ``keep_weights``), in eval mode."""
     if "state_dict" not in result:
         raise ValueError("this result has no weights: it was trained with keep_weights=False")
-    model, tokenizer = load_model(result["config"]["model"])
+    config = result["config"]
+    model, tokenizer = load_model(config["model"], config.get("speaker_tags", False))
     model.load_state_dict(result["state_dict"])
     return model.eval(), tokenizer
 
