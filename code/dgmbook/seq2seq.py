@@ -310,11 +310,10 @@ class Seq2SeqTransformer(nn.Module):
                 f"position {offset + T - 1} is beyond max_len={self.cfg.max_len}; truncate the "
                 "input or build the model with a larger max_len"
             )
-        pos = torch.arange(offset, offset + T, device=ids.device)  # [T]
-        if self.cfg.positions == "learned":
-            pe = getattr(self, table)(pos)  # [T, D]
+        if self.cfg.positions == "learned":  # rows offset .. offset+T-1 of the position table
+            pe = getattr(self, table).weight[offset : offset + T]  # [T, D]
         else:
-            pe = self.sinusoids[pos]  # [T, D]
+            pe = self.sinusoids[offset : offset + T]  # [T, D]
         return self.emb_dropout(self.tok_emb(ids) + pe)  # [B, T, D]
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
