@@ -325,8 +325,9 @@ def book_config(model: str = BERT2BERT, **changes) -> FinetuneConfig:
     """The chapter's run: 6,400 training examples (half an epoch), about as many minutes of
     training on 2 CPU cores as the from-scratch chapter's book run (bf16 autocast, no dropout,
     fused AdamW), AdamW peaking at 3e-4 in batches of 8 (800 updates); five curve points, each
-    with ROUGE on 50 validation dialogues (the chapter plots them: the curve is still climbing
-    at the end). A model whose name contains "t5" gets T5's ``"summarize: "`` prefix."""
+    with ROUGE on 50 validation dialogues. (Half the budget, 3,200 examples, reached only
+    ROUGE-1/2/L 24.3 / 4.1 / 19.8 on the test set: below the from-scratch book run.)
+    A model whose name contains "t5" gets T5's ``"summarize: "`` prefix."""
     prefix = T5_PREFIX if "t5" in model.lower() else ""
     book = FinetuneConfig(model=model, source_prefix=prefix, max_examples=6_400, eval_every=1_600,
                           curve_rouge=50)
