@@ -3,7 +3,10 @@ references live, and how to execute a chapter exactly as the book build does."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import jupytext
@@ -92,3 +95,127 @@ def strip_volatile_metadata(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+
+
+# --- which reference a machine is checked against ----------------------------------------------
+#
+# A chapter's outputs are exactly reproducible only on the kind of machine they were recorded on:
+# the math libraries pick different kernels (AMX, AVX-512 BF16, AVX2 ...) and split work over the
+# threads differently, so sums are rounded in another order, a trained model differs in its last
+# bits, and the numbers it prints differ a little. Each reference therefore records the machine it
+# came from (``metadata.dgmbook.machine``). ``tests/references/<name>.ipynb`` is the primary
+# reference (recorded on whatever machine last changed the chapter); ``tests/references/<machine
+# slug>/<name>.ipynb`` are extra ones recorded on other kinds of machine. On a machine that matches
+# one of them the chapter is compared strictly against it; on any other machine it is compared
+# against the primary one in *portable* mode (:func:`portable_mismatch`).
+
+ISA_FLAGS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512_bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def machine() -> dict:
+    """What decides a chapter's exact floating-point results here: the CPU's vendor and the widest
+    instruction set the math libraries use on it, the number of threads torch uses, torch's version."""
+    import platform
+
+    import torch
+
+    vendor, flags = platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id":
+                vendor = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    isa = next((name for flag, name in ISA_FLAGS if flag in flags), "baseline")
+    return {"cpu": f"{vendor} {isa}", "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def describe(m: dict | None) -> str:
+    if m is None:
+        return "an unrecorded machine"
+    return f"{m['cpu']}, {m['threads']} thread(s), torch {m['torch']}"
+
+
+def machine_slug(m: dict) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", f"{m['cpu']} {m['threads']}t".lower()).strip("-")
+
+
+def recorded_on(nb) -> dict | None:
+    return nb.metadata.get("dgmbook", {}).get("machine")
+
+
+def all_references(chapter: Path) -> list[Path]:
+    """The primary reference, then the per-machine ones, of a chapter (those that exist)."""
+    extra = sorted(REFERENCES.glob(f"*/{chapter.stem}.ipynb"))
+    return [p for p in [reference_path(chapter), *extra] if p.exists()]
+
+
+@dataclass
+class Choice:
+    path: Path
+    strict: bool  # False: portable mode
+    recorded_on: dict | None
+
+
+def choose_reference(chapter: Path, here: dict | None = None) -> Choice | str:
+    """The reference to check ``chapter`` against on machine ``here`` (default: this one), or why
+    there is none: a current reference recorded on this kind of machine (strict), else the primary
+    one (portable). A reference is current when its code cells are the chapter's."""
+    here = machine() if here is None else here
+    problem = reference_mismatch(chapter)  # the primary one must always be current
+    if problem:
+        return problem
+    mine = code_sources(read_chapter(chapter))
+    for path in all_references(chapter):
+        nb = nbformat.read(path, as_version=4)
+        if recorded_on(nb) == here and code_sources(nb) == mine:
+            return Choice(path, True, here)
+    primary = reference_path(chapter)
+    return Choice(primary, False, recorded_on(nbformat.read(primary, as_version=4)))
+
+
+def recording_target(chapter: Path, here: dict, primary: bool = False) -> Path:
+    """Where a recording made on ``here`` goes: the primary reference if asked, if there is none,
+    if it is stale (the chapter changed: this recording becomes the new primary) or if it was
+    recorded on this kind of machine; else this machine's own reference."""
+    path = reference_path(chapter)
+    if primary or reference_mismatch(chapter) or recorded_on(nbformat.read(path, as_version=4)) == here:
+        return path
+    return REFERENCES / machine_slug(here) / path.name
+
+
+# --- portable comparison ------------------------------------------------------------------------
+
+NUMBER = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|\bnan\b|\binf\b)")
+PORTABLE_RTOL = 0.10  # relative tolerance on every number in portable mode
+PORTABLE_ATOL = 0.02  # absolute tolerance (numbers near zero)
+MACHINE_DEPENDENT_TAG = "machine-dependent"  # see nbval_chapters.ChapterCell
+
+
+def _split_numbers(s: str) -> tuple[list[str], list[float]]:
+    parts = NUMBER.split(s)
+    text = [" ".join(t.split()) for t in parts[0::2]]  # runs of white space (column padding) as one
+    return text, [float(x) for x in parts[1::2]]
+
+
+def portable_mismatch(ref: str, test: str, rtol: float = PORTABLE_RTOL, atol: float = PORTABLE_ATOL) -> str | None:
+    """Why output ``test`` does not agree with ``ref`` in portable mode, or None: the same text
+    around the numbers (white space aside), and every number within ``atol + rtol * |ref|``
+    (nan matches nan). Strings only; anything else must be equal."""
+    if not (isinstance(ref, str) and isinstance(test, str)):
+        return None if ref == test else "non-text outputs differ"
+    ref_text, ref_nums = _split_numbers(ref)
+    test_text, test_nums = _split_numbers(test)
+    if ref_text != test_text:
+        first = next(i for i, (a, b) in enumerate(zip(ref_text, test_text)) if a != b) if len(ref_text) == len(test_text) else None
+        where = f" (first at {ref_text[first]!r} vs {test_text[first]!r})" if first is not None else ""
+        return f"the text around the numbers differs{where}"
+    for a, b in zip(ref_nums, test_nums):
+        if math.isnan(a) and math.isnan(b):
+            continue
+        if not abs(a - b) <= atol + rtol * abs(a):  # False for a nan on one side only
+            return f"{b!r} is not within {atol} + {rtol:.0%} of the reference {a!r}"
+    return None

@@ -1,0 +1,121 @@
+"""The choice of nbval reference per machine, and the portable comparison (tests/chapters.py)."""
+
+from __future__ import annotations
+
+import math
+
+import nbformat
+import pytest
+
+import chapters
+
+INTEL = {"cpu": "GenuineIntel amx", "threads": 2, "torch": "2.14.1"}
+AMD = {"cpu": "AuthenticAMD avx512_bf16", "threads": 2, "torch": "2.14.1"}
+LAPTOP = {"cpu": "GenuineIntel avx2", "threads": 8, "torch": "2.14.1"}
+
+CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# A chapter
+
+```{code-cell} ipython3
+print(1 + 1)
+```
+"""
+
+
+def test_portable_mismatch_accepts_small_differences_in_numbers_only():
+    ref = "method        acc\nsupervised  0.950 ± 0.003   150\n"
+    assert chapters.portable_mismatch(ref, ref) is None
+    assert chapters.portable_mismatch(ref, "method        acc\nsupervised  0.949 ± 0.004   160\n") is None
+    # column padding that moves with a number's width is not a difference
+    assert chapters.portable_mismatch("x   9.9 |", "x  10.1 |") is None
+    assert chapters.portable_mismatch("nan", "nan") is None
+
+
+@pytest.mark.parametrize("test, why", [
+    ("method        acc\nsupervised  0.950 ± 0.003   250\n", "not within"),  # 250 vs 150
+    ("method        acc\nreinforce   0.950 ± 0.003   150\n", "text around the numbers"),
+    ("method        acc\nsupervised  0.950 ± 0.003\n", "text around the numbers"),  # a number lost
+    ("method        acc\nsupervised  nan ± 0.003   150\n", "not within"),
+])
+def test_portable_mismatch_rejects(test, why):
+    ref = "method        acc\nsupervised  0.950 ± 0.003   150\n"
+    assert why in chapters.portable_mismatch(ref, test)
+
+
+def test_portable_tolerance_is_absolute_near_zero_and_relative_elsewhere():
+    atol, rtol = chapters.PORTABLE_ATOL, chapters.PORTABLE_RTOL
+    assert chapters.portable_mismatch("0.0", f"{0.9 * atol}") is None
+    assert chapters.portable_mismatch("0.0", f"{1.1 * atol}") is not None
+    big = 1000.0
+    assert chapters.portable_mismatch(f"{big}", f"{big * (1 + 0.9 * rtol)}") is None
+    assert chapters.portable_mismatch(f"{big}", f"{big * (1 + 1.1 * rtol) + atol}") is not None
+    assert not math.isnan(rtol)
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    """A repository with one chapter and its primary reference, recorded on INTEL."""
+    monkeypatch.setattr(chapters, "REPO", tmp_path)
+    monkeypatch.setattr(chapters, "REFERENCES", tmp_path / "tests" / "references")
+    chapter = tmp_path / "book" / "demo.md"
+    chapter.parent.mkdir()
+    chapter.write_text(CHAPTER)
+    record(chapter, chapters.REFERENCES / "demo.ipynb", INTEL)
+    return chapter
+
+
+def record(chapter, path, machine, source=None):
+    nb = chapters.read_chapter(chapter)
+    if source is not None:
+        next(c for c in nb.cells if c.cell_type == "code").source = source
+    nb.metadata["dgmbook"] = {"machine": machine}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def test_strict_on_the_recording_machine_portable_elsewhere(book):
+    choice = chapters.choose_reference(book, INTEL)
+    assert choice.strict and choice.path.name == "demo.ipynb"
+    choice = chapters.choose_reference(book, AMD)
+    assert not choice.strict and choice.path == chapters.REFERENCES / "demo.ipynb"
+    assert choice.recorded_on == INTEL
+
+
+def test_a_machine_with_its_own_current_reference_is_checked_strictly_against_it(book):
+    own = chapters.REFERENCES / chapters.machine_slug(AMD) / "demo.ipynb"
+    assert chapters.recording_target(book, AMD) == own
+    record(book, own, AMD)
+    choice = chapters.choose_reference(book, AMD)
+    assert choice.strict and choice.path == own
+    assert not chapters.choose_reference(book, LAPTOP).strict
+
+
+def test_a_stale_per_machine_reference_is_ignored(book):
+    own = chapters.REFERENCES / chapters.machine_slug(AMD) / "demo.ipynb"
+    record(book, own, AMD, source="print(2 + 2)")  # recorded for older code
+    choice = chapters.choose_reference(book, AMD)
+    assert not choice.strict and choice.path.name == "demo.ipynb" and choice.path.parent == chapters.REFERENCES
+
+
+def test_a_stale_primary_reference_fails_and_is_replaced_by_the_next_recording(book):
+    record(book, chapters.REFERENCES / "demo.ipynb", INTEL, source="print(2 + 2)")
+    problem = chapters.choose_reference(book, INTEL)
+    assert isinstance(problem, str) and "re-record it with" in problem
+    # whatever machine records next writes the primary reference
+    assert chapters.recording_target(book, AMD) == chapters.REFERENCES / "demo.ipynb"
+
+
+def test_machine_describes_this_one():
+    here = chapters.machine()
+    assert set(here) == {"cpu", "threads", "torch"} and here["threads"] >= 1
+    assert "/" not in chapters.machine_slug(here)
