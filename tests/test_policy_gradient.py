@@ -208,3 +208,10 @@ def test_iters_to_reach_and_summarize():
     s = pg.summarize({"iters": [0, 10, 20, 30], "test_acc": acc}, 0.75)
     assert torch.allclose(s["final"], torch.tensor([0.9, 0.4]))
     assert torch.allclose(s["jitter"], torch.tensor([0.1, 0.1]))
+
+
+def test_median_reach_counts_a_seed_that_never_reaches_as_slowest():
+    nan = math.nan
+    assert pg.median_reach(torch.tensor([500.0, nan, 300.0], dtype=torch.float64)) == 500.0
+    assert pg.median_reach(torch.tensor([500.0, 400.0, 300.0], dtype=torch.float64)) == 400.0
+    assert pg.median_reach(torch.tensor([nan, nan, 300.0], dtype=torch.float64)) == math.inf
