@@ -25,7 +25,8 @@ from nbval.plugin import IPyNbCell, IPyNbFile, find_comment_markers, find_metada
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapters import (  # noqa: E402
-    MACHINE_DEPENDENT_TAG, REPO, choose_reference, describe, is_chapter, machine, portable_mismatch, read_chapter,
+    MACHINE_DEPENDENT_TAG, REPO, choose_reference, describe, glue_units, is_chapter, machine, portable_mismatch,
+    read_chapter,
 )
 
 # The chapters read data from the data root and must not show progress bars or hub traffic.
@@ -69,6 +70,7 @@ class ChapterFile(IPyNbFile):
             return
         _choices[str(chapter.relative_to(REPO))] = choice
         self.portable, self.choice_machine = not choice.strict, choice.recorded_on
+        self.glue_units = glue_units(chapter)
         self.nb = nbformat.read(choice.path, as_version=4)
         chapter_tags = [c.metadata.get("tags", []) for c in read_chapter(chapter).cells if c.cell_type == "code"]
         cell_num = 0
@@ -86,7 +88,8 @@ class ChapterFile(IPyNbFile):
 class ChapterCell(IPyNbCell):
     """A chapter cell. In portable mode (the reference was recorded on another kind of machine) an
     output that differs from the reference still agrees if only its numbers differ, each within the
-    tolerance of ``chapters.portable_mismatch``. A cell tagged ``machine-dependent`` in the chapter
+    tolerance of ``chapters.portable_mismatch`` (for a glued value, measured in the last digit the
+    prose shows of it). A cell tagged ``machine-dependent`` in the chapter
     (it prints what a chaotic computation gave: text a trained model generated, statistics of a
     training run in which a seed may stall or not, both of which change with the last bits) only
     has to produce the same kinds and number of outputs there; the assertions in it still hold
@@ -104,10 +107,11 @@ class ChapterCell(IPyNbCell):
         strict_traceback = self.comparison_traceback
         self.comparison_traceback = []
         skip = skip_compare or self.parent.skip_compare
-        flat = []
-        for outputs in (transform_streams_for_comparison(ref), transform_streams_for_comparison(test)):
+        flat, names = [], defaultdict(list)  # names: the glue name of each reference value, per key
+        for side, outputs in enumerate((transform_streams_for_comparison(ref), transform_streams_for_comparison(test))):
             values = defaultdict(list)
             for out in outputs:
+                glued = out.get("metadata", {}).get("scrapbook", {}).get("name")
                 for key, value in out.items():
                     if key in skip:
                         continue
@@ -115,6 +119,8 @@ class ChapterCell(IPyNbCell):
                     for k, v in items:
                         if k not in skip:
                             values[k].append(self.sanitize(v))
+                            if side == 0:
+                                names[k].append(glued)
             flat.append(values)
         ref_values, test_values = flat
         problem = None
@@ -127,8 +133,8 @@ class ChapterCell(IPyNbCell):
                     break
                 if self.machine_dependent:
                     continue
-                for a, b in zip(refs, test_values[key]):
-                    problem = portable_mismatch(a, b)
+                for a, b, name in zip(refs, test_values[key], names[key]):
+                    problem = portable_mismatch(a, b, unit=self.parent.glue_units.get(name))
                     if problem:
                         problem = f"{key}: {problem}"
                         break

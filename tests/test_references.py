@@ -52,14 +52,30 @@ def test_portable_mismatch_rejects(test, why):
     assert why in chapters.portable_mismatch(ref, test)
 
 
-def test_portable_tolerance_is_absolute_near_zero_and_relative_elsewhere():
-    atol, rtol = chapters.PORTABLE_ATOL, chapters.PORTABLE_RTOL
-    assert chapters.portable_mismatch("0.0", f"{0.9 * atol}") is None
-    assert chapters.portable_mismatch("0.0", f"{1.1 * atol}") is not None
-    big = 1000.0
-    assert chapters.portable_mismatch(f"{big}", f"{big * (1 + 0.9 * rtol)}") is None
-    assert chapters.portable_mismatch(f"{big}", f"{big * (1 + 1.1 * rtol) + atol}") is not None
-    assert not math.isnan(rtol)
+def test_portable_tolerance_is_relative_plus_a_few_units_of_the_last_digit_shown():
+    rtol, atol, digits = chapters.PORTABLE_RTOL, chapters.PORTABLE_ATOL, chapters.PORTABLE_DIGITS
+    assert chapters.last_digit("3.14") == pytest.approx(0.01)
+    assert chapters.last_digit("150") == 1 and chapters.last_digit("1.5e-06") == pytest.approx(1e-7)
+    # a full-precision float: the absolute floor
+    assert chapters.portable_mismatch("0.000000", f"{0.9 * atol:.6f}") is None
+    assert chapters.portable_mismatch("0.000000", f"{1.1 * atol:.6f}") is not None
+    # a number printed with one decimal: a few units of 0.1
+    assert chapters.portable_mismatch("forgetting -0.1", "forgetting -0.3") is None
+    assert chapters.portable_mismatch("forgetting -0.1", f"forgetting {-0.1 - (digits + 1) * 0.1:.1f}") is not None
+    # large numbers: relative
+    assert chapters.portable_mismatch("1000.0", f"{1000 * (1 + 0.9 * rtol):.1f}") is None
+    assert chapters.portable_mismatch("1000.0", f"{1000 * (1 + 1.1 * rtol):.1f}") is not None
+    # a glued value is judged by the last digit the prose shows of it
+    assert chapters.portable_mismatch("0.7699966430664062", "0.6299972534179688") is not None
+    assert chapters.portable_mismatch("0.7699966430664062", "0.6299972534179688", unit=0.1) is None
+
+
+def test_glue_units_reads_the_formats_the_prose_uses(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("a {glue:text}`acc:.1f`% b {glue:text}`acc:.2f` c {glue:text}`share:.0%` "
+                    "d {glue:text}`n` e {glue:text}`loss:.3f`")
+    units = chapters.glue_units(page)
+    assert units == pytest.approx({"acc": 0.01, "share": 0.01, "loss": 0.001})
 
 
 @pytest.fixture
