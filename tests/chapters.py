@@ -4,7 +4,6 @@ references live, and how to execute a chapter exactly as the book build does."""
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
