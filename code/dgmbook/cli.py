@@ -42,9 +42,11 @@ def cmd_full(args) -> int:
     if args.name not in EXPERIMENTS:
         print(f"unknown experiment {args.name!r}; `python -m dgmbook list` shows them", file=sys.stderr)
         return 2
+    revision = recorded.code_revision()  # the code the run starts with, not whatever is checked out at its end
     start = time.perf_counter()
     config, metrics = _resolve(EXPERIMENTS[args.name])(progress=True)
-    path = recorded.write_results(args.name, config, metrics, time.perf_counter() - start)
+    path = recorded.write_results(args.name, config, metrics, time.perf_counter() - start,
+                                  revision=revision)
     print(f"wrote {path}")
     return 0
 

@@ -51,14 +51,16 @@ def hardware() -> dict[str, Any]:
 
 
 def write_results(name: str, config: dict, metrics: dict, wall_seconds: float,
-                  directory: Path | None = None) -> Path:
+                  directory: Path | None = None, revision: str | None = None) -> Path:
+    """Write ``results/NAME.json``. ``revision``: the code revision the run started from (a run
+    can last hours, and the checkout may move meanwhile); by default, :func:`code_revision` now."""
     path = (directory or RESULTS_DIR) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "name": name,
         "config": config,
         "metrics": metrics,
-        "code_revision": code_revision(),
+        "code_revision": revision or code_revision(),
         "hardware": hardware(),
         "wall_seconds": round(wall_seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
