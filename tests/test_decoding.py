@@ -68,7 +68,8 @@ def test_the_toy_model_reverses(reverser):
 
 def test_cache_and_no_cache_generate_the_same(reverser, uncertain):
     model, src = reverser, sources([5, 3, 4])
-    for kw in (dict(num_beams=1), dict(num_beams=3, no_repeat_ngram_size=2)):
+    for kw in (dict(num_beams=1), dict(num_beams=3, no_repeat_ngram_size=2),
+               dict(num_beams=1, no_immediate_repeat=True), dict(num_beams=3, no_immediate_repeat=True)):
         with_cache = generate(model, src, max_new_tokens=12, use_cache=True, **kw)
         without = generate(model, src, max_new_tokens=12, use_cache=False, **kw)
         assert with_cache.tokens == without.tokens
@@ -174,6 +175,23 @@ def test_repetition_is_avoidable(num_beams):
     for seq in out.tokens:
         bigrams = list(zip(seq, seq[1:]))
         assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_no_immediate_repeat(num_beams):
+    """Trigram blocking lets "new new" through; the immediate-repeat rule does not, and with a
+    model that always prefers token 7 it alternates 7 with the runner-up."""
+    model, src = repetitive_model(), sources([6, 4])
+    trigram = generate(model, src, num_beams=num_beams, max_new_tokens=10, min_new_tokens=10,
+                       no_repeat_ngram_size=3)
+    assert trigram.tokens[0][:2] == [7, 7]
+    out = generate(model, src, num_beams=num_beams, max_new_tokens=10, min_new_tokens=10,
+                   no_immediate_repeat=True)
+    for seq in out.tokens:
+        assert len(seq) == 10 and seq.count(7) == 5
+        assert all(a != b for a, b in zip(seq, seq[1:]))
+    beam1 = beam_search(model, src, num_beams=1, max_new_tokens=10, no_immediate_repeat=True)
+    assert beam1.tokens == greedy_search(model, src, max_new_tokens=10, no_immediate_repeat=True).tokens
 
 
 def test_argument_checks(reverser):

@@ -182,6 +182,36 @@ def test_training_steps_lower_the_loss(bert2bert):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_no_immediate_repeat_for_hugging_face():
+    """The logits processor bans each row's last token, but not the decoder's start token."""
+    rule = P.NoImmediateRepeat()
+    scores = torch.zeros(2, 5)
+    start = torch.tensor([[0], [0]])
+    assert torch.equal(rule(start, scores.clone()), scores)
+    out = rule(torch.tensor([[0, 3], [0, 1]]), scores.clone())
+    assert out[0, 3] == out[1, 1] == -float("inf")
+    assert (out.isinf().sum(1) == 1).all()
+    assert "logits_processor" in P.generate_kwargs(DecodeConfig())
+    assert "logits_processor" not in P.generate_kwargs(DecodeConfig(no_immediate_repeat=False))
+    assert "no_immediate_repeat" not in P.generate_kwargs(DecodeConfig())
+
+
+def test_generate_with_the_rule_never_doubles_a_token():
+    """A random tiny T5 repeats tokens; under DecodeConfig's default rule, greedy and beam search
+    through ``model.generate`` never put a token right after itself."""
+    model, tokenizer = tiny_t5()
+    ids = tokenizer([ex.document for ex in EXAMPLES], return_tensors="pt", padding=True)
+    for decode in (DecodeConfig(max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0,
+                                no_immediate_repeat=False),):
+        plain = model.generate(**ids, do_sample=False, **P.generate_kwargs(decode))
+        assert any(a == b for row in plain[:, 1:].tolist() for a, b in zip(row, row[1:]))
+    for beams in (1, 2):
+        decode = DecodeConfig(num_beams=beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0)
+        out = model.generate(**ids, do_sample=False, **P.generate_kwargs(decode))
+        for row in out[:, 1:].tolist():
+            assert all(a != b for a, b in zip(row, row[1:]))
+
+
 @needs_minilm
 def test_summarize_returns_strings_in_order(bert2bert):
     model, tokenizer = bert2bert

@@ -8,7 +8,10 @@ renormalised (as Hugging Face's logits processors do):
 * ``<pad>`` and ``<s>`` are never generated;
 * EOS is forbidden before ``min_new_tokens`` tokens;
 * ``no_repeat_ngram_size = n > 0`` forbids any token that would repeat an n-gram already in the
-  generated sequence (Paulus et al. 2018): the cure for "new new new ...".
+  generated sequence (Paulus et al. 2018): the cure for "new new new ...";
+* ``no_immediate_repeat`` forbids the token just generated ("the new new job", "#Person1#
+  #Person1#"), which trigram blocking allows: a doubled token is a bigram and a trigram
+  "new new new" is needed before the n-gram rule with ``n = 3`` bites.
 
 Beam search (``num_beams = K``), batched over examples and beams: at each step every live beam is
 extended by every token, the ``2K`` best candidates per example are kept, those that end in EOS
@@ -129,6 +132,7 @@ class _Rules:
     eos_id: int
     min_new_tokens: int
     no_repeat_ngram_size: int
+    no_immediate_repeat: bool = False
 
     def apply(self, logp: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         """``logp`` [N, V] for the next token after ``generated`` [N, t] (no BOS)."""
@@ -139,6 +143,8 @@ class _Rules:
         if self.no_repeat_ngram_size > 0:
             banned = banned_ngram_mask(generated, self.no_repeat_ngram_size, logp.shape[1])
             logp = logp.masked_fill(banned, -math.inf)
+        if self.no_immediate_repeat and generated.shape[1] > 0:
+            logp = logp.scatter(1, generated[:, -1:], -math.inf)  # [N, V]: the last token banned
         return logp
 
 
@@ -166,12 +172,14 @@ def greedy_search(
     max_new_tokens: int = 64,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
+    no_immediate_repeat: bool = False,
     use_cache: bool = True,
 ) -> Generation:
     """The most probable next token at every step, for a batch ``src`` int64 [B, S]."""
     _check_lengths(max_new_tokens, min_new_tokens)
     cfg = model.cfg
-    rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size)
+    rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size,
+                   no_immediate_repeat)
     with _eval_mode(model):
         memory, src_keep = model.encode(src)
         next_logp = _NextToken(model, memory, src_keep, max_new_tokens, use_cache)
@@ -232,6 +240,7 @@ def beam_search(
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
     no_repeat_ngram_size: int = 0,
+    no_immediate_repeat: bool = False,
     use_cache: bool = True,
 ) -> Generation:
     """Beam search for a batch ``src`` int64 [B, S] (see the module docstring for the rules);
@@ -242,7 +251,8 @@ def beam_search(
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     cfg, K = model.cfg, num_beams
-    rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size)
+    rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size,
+                   no_immediate_repeat)
     B, device = src.shape[0], src.device
     with _eval_mode(model):
         memory, src_keep = model.encode(src)  # [B, S, D], [B, 1, 1, S]
@@ -302,19 +312,21 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
     no_repeat_ngram_size: int = 0,
+    no_immediate_repeat: bool = False,
     use_cache: bool = True,
 ) -> Generation:
     """Greedy search when ``num_beams == 1`` (as Hugging Face's ``generate``), else beam search."""
     if num_beams == 1:
         return greedy_search(
             model, src, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            no_repeat_ngram_size=no_repeat_ngram_size, use_cache=use_cache,
+            no_repeat_ngram_size=no_repeat_ngram_size, no_immediate_repeat=no_immediate_repeat,
+            use_cache=use_cache,
         )
     return beam_search(
         model, src, num_beams=num_beams, max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens, length_penalty=length_penalty,
         early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
-        use_cache=use_cache,
+        no_immediate_repeat=no_immediate_repeat, use_cache=use_cache,
     )
 
 

@@ -55,6 +55,8 @@ from transformers import (
     AddedToken,
     BertTokenizerFast,
     EncoderDecoderModel,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -621,6 +623,26 @@ def tidy(text: str) -> str:
     return _CLITIC.sub(r"'\1", _SPEAKER.sub(r"#Person\1#", text)).strip()
 
 
+class NoImmediateRepeat(LogitsProcessor):
+    """``DecodeConfig.no_immediate_repeat`` for ``model.generate`` (Hugging Face has no such rule):
+    the token just generated may not come next. ``input_ids`` [N, t] start with the decoder's
+    start token, which is not a generated token."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] < 2:
+            return scores
+        return scores.scatter(1, input_ids[:, -1:], -math.inf)  # [N, V]: the last token banned
+
+
+def generate_kwargs(decode: DecodeConfig) -> dict:
+    """``decode`` as keyword arguments of ``model.generate``, the rules Hugging Face lacks as
+    logits processors."""
+    kwargs = asdict(decode)
+    if kwargs.pop("no_immediate_repeat"):
+        kwargs["logits_processor"] = LogitsProcessorList([NoImmediateRepeat()])
+    return kwargs
+
+
 @torch.no_grad()
 def summarize(
     model: PreTrainedModel,
@@ -650,7 +672,7 @@ def summarize(
             mask = _pad([[1] * len(sources[i]) for i in idx], 0)
             with autocast(bf16), quiet_transformers():
                 ids = model.generate(
-                    input_ids=input_ids, attention_mask=mask, do_sample=False, **asdict(decode),
+                    input_ids=input_ids, attention_mask=mask, do_sample=False, **generate_kwargs(decode),
                     decoder_start_token_id=start, eos_token_id=eos, pad_token_id=pad,
                 )
             for i, text in zip(idx, tokenizer.batch_decode(ids, skip_special_tokens=True)):

@@ -97,6 +97,7 @@ class DecodeConfig:
     min_new_tokens: int = 0
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 3
+    no_immediate_repeat: bool = True  # no token right after itself ("new new"); see dgmbook.decoding
     early_stopping: EarlyStopping = False
 
 
@@ -134,7 +135,7 @@ def course_config() -> TrainConfig:
 
 def course_decode() -> DecodeConfig:
     """The course's decoding: 4 beams, and (very probably) the library's default cap of 20 tokens."""
-    return DecodeConfig(num_beams=4, max_new_tokens=20, no_repeat_ngram_size=0)
+    return DecodeConfig(num_beams=4, max_new_tokens=20, no_repeat_ngram_size=0, no_immediate_repeat=False)
 
 
 # ---------------------------------------------------------------------------------------------
