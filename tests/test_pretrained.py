@@ -201,10 +201,10 @@ def test_generate_with_the_rule_never_doubles_a_token():
     through ``model.generate`` never put a token right after itself."""
     model, tokenizer = tiny_t5()
     ids = tokenizer([ex.document for ex in EXAMPLES], return_tensors="pt", padding=True)
-    for decode in (DecodeConfig(max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0,
-                                no_immediate_repeat=False),):
-        plain = model.generate(**ids, do_sample=False, **P.generate_kwargs(decode))
-        assert any(a == b for row in plain[:, 1:].tolist() for a, b in zip(row, row[1:]))
+    without = DecodeConfig(max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0,
+                           no_immediate_repeat=False)
+    plain = model.generate(**ids, do_sample=False, **P.generate_kwargs(without))
+    assert any(a == b for row in plain[:, 1:].tolist() for a, b in zip(row, row[1:]))
     for beams in (1, 2):
         decode = DecodeConfig(num_beams=beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0)
         out = model.generate(**ids, do_sample=False, **P.generate_kwargs(decode))
