@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from dgmbook import gan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run tiny tensors, for which one thread is fastest (and gives stable timings)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits(n=64, scale=3.0, seed=0):
@@ -102,9 +96,9 @@ def test_jsd_bounds():
 
 def test_1d_discriminator_approaches_optimum():
     # p = N(-1, 1), q = N(1, 1): D*(x) = sigmoid(-2x)
-    cfg = gan.Toy1DConfig(hidden=16, steps=300, batch_size=256, lr=1e-2)
-    res = gan.train_discriminator_1d(
-        lambda n, g: torch.randn(n, generator=g) - 1, lambda n, g: torch.randn(n, generator=g) + 1, cfg)
+    cfg = gan.Toy1DConfig(data=gan.Mixture1D(means=(-1.0,)), model=gan.Mixture1D(means=(1.0,)),
+                          hidden=16, steps=300, batch_size=256, lr=1e-2)
+    res = gan.train_discriminator_1d(cfg)
     net = gan.mlp_1d(cfg.hidden)
     net.load_state_dict(res["state_dict"])
     x = torch.linspace(-2, 2, 41).reshape(-1, 1)
@@ -112,6 +106,14 @@ def test_1d_discriminator_approaches_optimum():
         d = torch.sigmoid(net(x)).squeeze(1)
     assert (d - torch.sigmoid(-2 * x.squeeze(1))).abs().max() < 0.08
     assert len(res["losses"]) == cfg.steps
+
+
+def test_mixture_samples_and_density():
+    mix = gan.Mixture1D((0.25, 0.75), (-2.0, 2.0), (0.5, 1.0))
+    x = mix.sample(200_000, torch.Generator().manual_seed(0))
+    assert abs(x.mean().item() - (0.25 * -2 + 0.75 * 2)) < 0.02
+    grid = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    assert abs(torch.trapezoid(mix.pdf(grid), grid).item() - 1) < 1e-6
 
 
 # --- networks, training loop, gradients -----------------------------------------------------------
@@ -167,13 +169,6 @@ def test_head_start_trains_only_the_discriminator_first():
     for k, v in r["G_snapshots"][0].items():
         assert torch.equal(v, ref[k])
     assert len(r["curves"]["d_loss"]) == 3
-
-
-def test_single_thread_restores_setting():
-    before = torch.get_num_threads()
-    with gan.single_thread():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
 
 
 def test_bf16_training_runs():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import runcache
-from .utils import autocast, count_parameters, seed_everything
+from .utils import autocast, check_config, count_parameters, eval_mode, seed_everything
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 N_PIXELS = 28 * 28
@@ -237,38 +236,36 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: st
     Returns {name: tensor shaped like the parameter}. The model is evaluated in eval mode
     (dropout off) and in float32.
     """
-    was_training = model.training
-    model.eval()
-    params = dict(model.named_parameters())
-    fisher = {k: torch.zeros_like(v) for k, v in params.items()}
-    n = len(x)
-    if mode == "course":
-        model.zero_grad(set_to_none=True)
-        for s in range(0, n, batch_size):
-            F.cross_entropy(model(to_input(x[s:s + batch_size])), y[s:s + batch_size]).backward()
-        fisher = {k: v.grad.detach().pow(2) for k, v in params.items()}
-        model.zero_grad(set_to_none=True)
-    elif mode in ("exact", "sampled", "empirical"):
-        for s in range(0, n, batch_size):
-            xb = to_input(x[s:s + batch_size])  # [B, 784]
-            with torch.no_grad():
-                probs = F.softmax(model(xb), dim=-1)  # [B, 10]
-            if mode == "exact":
-                for c in range(probs.shape[1]):  # weight example n's squared gradient by p(c|x_n)
-                    yc = torch.full((len(xb),), c, dtype=torch.long)
-                    sq = squared_grad_sum(model, xb, yc, probs[:, c])
+    with eval_mode(model):
+        params = dict(model.named_parameters())
+        fisher = {k: torch.zeros_like(v) for k, v in params.items()}
+        n = len(x)
+        if mode == "course":
+            model.zero_grad(set_to_none=True)
+            for s in range(0, n, batch_size):
+                F.cross_entropy(model(to_input(x[s:s + batch_size])), y[s:s + batch_size]).backward()
+            fisher = {k: v.grad.detach().pow(2) for k, v in params.items()}
+            model.zero_grad(set_to_none=True)
+        elif mode in ("exact", "sampled", "empirical"):
+            for s in range(0, n, batch_size):
+                xb = to_input(x[s:s + batch_size])  # [B, 784]
+                with torch.no_grad():
+                    probs = F.softmax(model(xb), dim=-1)  # [B, 10]
+                if mode == "exact":
+                    for c in range(probs.shape[1]):  # weight example n's squared gradient by p(c|x_n)
+                        yc = torch.full((len(xb),), c, dtype=torch.long)
+                        sq = squared_grad_sum(model, xb, yc, probs[:, c])
+                        for k in fisher:
+                            fisher[k] += sq[k]
+                else:
+                    yb = (torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                          if mode == "sampled" else y[s:s + batch_size])
+                    sq = squared_grad_sum(model, xb, yb)
                     for k in fisher:
                         fisher[k] += sq[k]
-            else:
-                yb = (torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                      if mode == "sampled" else y[s:s + batch_size])
-                sq = squared_grad_sum(model, xb, yb)
-                for k in fisher:
-                    fisher[k] += sq[k]
-        fisher = {k: v / n for k, v in fisher.items()}
-    else:
-        raise ValueError(f"unknown Fisher mode {mode!r}")
-    model.train(was_training)
+            fisher = {k: v / n for k, v in fisher.items()}
+        else:
+            raise ValueError(f"unknown Fisher mode {mode!r}")
     return fisher
 
 
@@ -393,6 +390,13 @@ class Config:
     bf16: bool = True  # bf16 autocast for the forward/backward passes (the Fisher stays fp32)
     tasks: list[int] | None = field(default=None)  # task ids to learn in order (None: 0..n_tasks-1)
 
+    def __post_init__(self) -> None:
+        check_config(self, positive=("hidden", "n_tasks", "n_train", "n_test", "epochs",
+                                     "batch_size", "lr", "fisher_n", "ewc_cap"),
+                     nonnegative=("momentum", "ewc_lambda", "buffer_size"),
+                     choices={"model": ("mlp", "cnn"), "strategy": ("naive", "ewc", "replay"),
+                              "fisher": ("sampled", "empirical", "exact", "course")})
+
     def task_ids(self) -> list[int]:
         return list(self.tasks) if self.tasks is not None else list(range(self.n_tasks))
 
@@ -401,14 +405,12 @@ class Config:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True,
              batch_size: int = 2000) -> float:
     """Fraction of uint8 inputs x [N, 784] classified as y [N]."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for s in range(0, len(x), batch_size):
-        with autocast(bf16):
-            logits = model(to_input(x[s:s + batch_size]))
-        correct += (logits.argmax(-1) == y[s:s + batch_size]).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        correct = 0
+        for s in range(0, len(x), batch_size):
+            with autocast(bf16):
+                logits = model(to_input(x[s:s + batch_size]))
+            correct += (logits.argmax(-1) == y[s:s + batch_size]).sum().item()
     return correct / len(x)
 
 
@@ -488,8 +490,8 @@ def run(cfg: Config, data: PermutedMNIST | None = None) -> dict:
 
 
 def cached_run(cfg: Config, name: str = "continual") -> dict:
-    """:func:`run` through the run cache (keyed by the config and this module's source)."""
-    return runcache.cached(name, cfg, lambda: run(cfg), code=[sys.modules[__name__]])
+    """:func:`run` through the run cache (keyed by the config and the code :func:`run` reaches)."""
+    return runcache.cached(name, cfg, run, cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ the discriminator returns logits of shape [N].
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import autocast, progress, seed_everything
+from .utils import autocast, check_config, progress, seed_everything, torch_threads
 
 LOSSES = ("ns", "minimax")
 
@@ -105,31 +104,49 @@ def jsd(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | float = 1.0) -
     return 0.5 * kl(p, m, weights) + 0.5 * kl(q, m, weights)
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Run the block with one intra-op thread (then restore the previous setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------------
 # A discriminator on 1-D data, trained on samples from two known densities
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mixture1D:
+    """A 1-D mixture of Gaussians, sum_k w_k N(means_k, stds_k^2): samples and exact density."""
+
+    weights: tuple[float, ...] = (1.0,)
+    means: tuple[float, ...] = (0.0,)
+    stds: tuple[float, ...] = (1.0,)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """[n] float32 samples (one component: no draw of the component)."""
+        mu, sd = torch.tensor(self.means), torch.tensor(self.stds)
+        if len(self.weights) == 1:
+            return mu[0] + sd[0] * torch.randn(n, generator=generator)
+        k = torch.multinomial(torch.tensor(self.weights), n, replacement=True, generator=generator)
+        return mu[k] + sd[k] * torch.randn(n, generator=generator)
+
+    def pdf(self, x: torch.Tensor) -> torch.Tensor:
+        """The density at x [N], in float64."""
+        comps = torch.distributions.Normal(torch.tensor(self.means, dtype=torch.float64),
+                                           torch.tensor(self.stds, dtype=torch.float64))
+        w = torch.tensor(self.weights, dtype=torch.float64)
+        return (w * comps.log_prob(x.double().unsqueeze(-1)).exp()).sum(-1)  # [N, K] -> [N]
 
 
 @dataclass
 class Toy1DConfig:
     """Train a small MLP discriminator to tell samples of p_data from samples of p_model."""
 
+    data: Mixture1D = Mixture1D((0.5, 0.5), (-1.5, 1.5), (0.5, 0.5))
+    model: Mixture1D = Mixture1D((1.0,), (0.0,), (2.0,))
     hidden: int = 64
     steps: int = 1500
     batch_size: int = 512
     lr: float = 3e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("hidden", "steps", "batch_size", "lr"))
 
 
 def mlp_1d(hidden: int) -> nn.Module:
@@ -141,25 +158,25 @@ def mlp_1d(hidden: int) -> nn.Module:
     )
 
 
-def train_discriminator_1d(sample_data, sample_model, cfg: Toy1DConfig) -> dict:
-    """Minimise L_D with Adam on fresh mini-batches; ``sample_*(n, generator) -> [n]`` tensors.
+def train_discriminator_1d(cfg: Toy1DConfig) -> dict:
+    """Minimise L_D with Adam on fresh mini-batches of ``cfg.data`` and ``cfg.model``.
 
     Returns the state dict of the MLP (use :func:`mlp_1d` to rebuild it) and the loss curve.
     Runs on one thread: the operations are far too small to gain from more, and the result then
     does not depend on the machine's thread count.
     """
-    with single_thread():
-        return _train_discriminator_1d(sample_data, sample_model, cfg)
+    with torch_threads(1):
+        return _train_discriminator_1d(cfg)
 
 
-def _train_discriminator_1d(sample_data, sample_model, cfg: Toy1DConfig) -> dict:
+def _train_discriminator_1d(cfg: Toy1DConfig) -> dict:
     gen = seed_everything(cfg.seed)
     net = mlp_1d(cfg.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     losses = []
     for _ in range(cfg.steps):
-        x_real = sample_data(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
-        x_fake = sample_model(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
+        x_real = cfg.data.sample(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
+        x_fake = cfg.model.sample(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
         loss = discriminator_loss(net(x_real).squeeze(1), net(x_fake).squeeze(1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,6 +301,15 @@ class GANConfig:
     snapshots: tuple[int, ...] = (0, 250, 1000)  # iterations (besides the last) to keep G at
     d_head_start: int = 0  # discriminator-only steps before the alternation starts
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("z_dim", "g_hidden", "d_hidden", "n_train", "batch_size",
+                                     "n_grid"),
+                     # 0 is meaningful: a frozen network, or a run of the head start alone
+                     nonnegative=("iters", "lr_g", "lr_d", "beta1", "beta2", "snapshots",
+                                  "d_head_start"),
+                     choices={"loss": ("ns", "minimax"), "g_arch": ("mlp", "conv"),
+                              "d_arch": ("mlp", "conv")})
 
 
 def book_config(loss: str = "ns", **changes) -> GANConfig:
@@ -443,6 +469,16 @@ def per_sample_generator_grad_norms(G: Generator, D: Discriminator, z: torch.Ten
     with torch.no_grad():
         d = torch.sigmoid(D64(G64(z)))
     return {"d": d, "minimax": g_mm, "ns": g_ns, "dh": g_h}
+
+
+def gradient_probe(cfg: GANConfig, run: dict, steps, n: int = 200, seed: int = 2) -> dict:
+    """:func:`per_sample_generator_grad_norms` of the generator at each of ``steps`` (snapshots of
+    a :func:`train` run) against the run's final discriminator, for ``n`` latent vectors drawn
+    with ``seed``: ``{step: {"d", "minimax", "ns", "dh"}}``."""
+    z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    _, D = build(cfg, run)
+    return {step: per_sample_generator_grad_norms(build(cfg, run, snapshot=step)[0], D, z)
+            for step in steps}
 
 
 def _float64_copy(module: nn.Module) -> nn.Module:

@@ -8,9 +8,11 @@ float64, with log-densities combined in log space so that tails do not underflow
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from .utils import check_config
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -192,3 +194,35 @@ def kl_surface(target: Mixture, direction: str, mus: torch.Tensor, sigmas: torch
         for s in sigmas
     ]
     return torch.stack(rows)  # [S, M]
+
+
+@dataclass(frozen=True)
+class BasinConfig:
+    """A grid of starting points for reverse-KL fits: ``mu0`` from ``mu_range`` (``mu_n`` values,
+    evenly spaced) times ``sigma0`` from ``sigma_range`` (``sigma_n`` values, log-spaced)."""
+
+    target: Mixture = Mixture()
+    mu_range: tuple[float, float] = (-3.0, 3.0)
+    mu_n: int = 13
+    sigma_range: tuple[float, float] = (0.3, 3.0)
+    sigma_n: int = 7
+    steps: int = 800
+    lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("mu_n", "sigma_range", "sigma_n", "steps", "lr"))
+
+
+def reverse_kl_basins(cfg: BasinConfig) -> dict[str, torch.Tensor]:
+    """Fit the reverse KL from every start of the grid (one batch of independent fits) and return
+    the starts ``mu0`` [M], ``sigma0`` [S] and where each fit ends: ``mu``, ``sigma``, ``kl``
+    [S, M]."""
+    m0 = torch.linspace(*cfg.mu_range, cfg.mu_n, dtype=torch.float64)
+    lo, hi = (math.log10(s) for s in cfg.sigma_range)
+    s0 = torch.logspace(lo, hi, cfg.sigma_n, dtype=torch.float64)
+    # the grid as one batch: mu varies fastest, [S * M]
+    fit = fit_gaussians(cfg.target, "reverse", m0.repeat(len(s0)), s0.repeat_interleave(len(m0)),
+                        steps=cfg.steps, lr=cfg.lr)
+    shape = (len(s0), len(m0))  # [S * M] -> [S, M]
+    return {"mu0": m0, "sigma0": s0, "mu": fit.mu.reshape(shape),
+            "sigma": fit.sigma.reshape(shape), "kl": fit.kl.reshape(shape)}

@@ -192,3 +192,14 @@ def timed_summarize(
     t0 = time.perf_counter()
     summaries = summarize(texts, template, **kwargs)
     return summaries, (time.perf_counter() - t0) / max(1, len(texts))
+
+
+def summarize_and_score(examples: Sequence[SummaryExample], template: PromptTemplate) -> dict:
+    """Summarize ``examples`` with ``template`` and score them against their first reference:
+    ``predictions``, ``seconds_per_example`` and ``rouge_first`` (ROUGE-1/2/L)."""
+    from . import rouge
+
+    preds, seconds = timed_summarize([e.document for e in examples], template)
+    return {"predictions": preds, "seconds_per_example": seconds,
+            "rouge_first": rouge.rouge_scores(preds, [e.references for e in examples],
+                                              multi_ref="first")}

@@ -36,7 +36,7 @@ from . import summ_data as sd
 from .decoding import EarlyStopping, generate
 from .rouge import rouge_scores
 from .seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from .utils import autocast, count_parameters, progress, seed_everything
+from .utils import autocast, count_parameters, eval_mode, progress, seed_everything
 
 DATASETS = ("dialogsum", "xsum-cs182")
 
@@ -158,6 +158,11 @@ def make_tokenizer(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> Toke
     return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.vocab_size, extra_tokens=extra)
 
 
+def tokenizer_json(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> str:
+    """:func:`make_tokenizer` serialized (what the run cache stores)."""
+    return make_tokenizer(cfg, train).to_str()
+
+
 def model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> Seq2SeqConfig:
     ids = sd.special_ids(tokenizer)
     return Seq2SeqConfig(
@@ -215,16 +220,14 @@ def validation_loss(
     bf16: bool = False, device: str = "cpu",
 ) -> float:
     """Cross-entropy per target token (nats) over a whole split, teacher forced."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    for batch in split.batches(batch_size, shuffle=False):
-        batch = _to(batch, device)
-        with autocast(bf16, device):
-            _, ce = _losses(model, batch, 0.0)
-        n = int((batch.tgt_out != model.cfg.pad_id).sum())
-        total, tokens = total + ce.item() * n, tokens + n
-    model.train(was_training)
+    with eval_mode(model):
+        total, tokens = 0.0, 0
+        for batch in split.batches(batch_size, shuffle=False):
+            batch = _to(batch, device)
+            with autocast(bf16, device):
+                _, ce = _losses(model, batch, 0.0)
+            n = int((batch.tgt_out != model.cfg.pad_id).sum())
+            total, tokens = total + ce.item() * n, tokens + n
     return total / tokens
 
 
@@ -237,18 +240,16 @@ def source_use(
     (``wrong``: the documents of each batch rotated by one; batches group similar lengths, so the
     swapped document is about as long). A model that ignores the document scores the same on both;
     ``gain = wrong - right`` is what the document is worth to it."""
-    was_training = model.training
-    model.eval()
-    totals = {"right": 0.0, "wrong": 0.0}
-    tokens = 0
-    for batch in split.batches(batch_size, shuffle=False):
-        n = int((batch.tgt_out != model.cfg.pad_id).sum())
-        for name, src in (("right", batch.src), ("wrong", batch.src.roll(1, dims=0))):
-            with autocast(bf16, "cpu"):
-                loss = model.loss(src, batch.tgt_in, batch.tgt_out)
-            totals[name] += loss.item() * n
-        tokens += n
-    model.train(was_training)
+    with eval_mode(model):
+        totals = {"right": 0.0, "wrong": 0.0}
+        tokens = 0
+        for batch in split.batches(batch_size, shuffle=False):
+            n = int((batch.tgt_out != model.cfg.pad_id).sum())
+            for name, src in (("right", batch.src), ("wrong", batch.src.roll(1, dims=0))):
+                with autocast(bf16, "cpu"):
+                    loss = model.loss(src, batch.tgt_in, batch.tgt_out)
+                totals[name] += loss.item() * n
+            tokens += n
     out = {k: v / tokens for k, v in totals.items()}
     out["gain"] = out["wrong"] - out["right"]
     return out

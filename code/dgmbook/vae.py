@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgmbook.data import load_image_dataset
-from dgmbook.utils import autocast, progress, seed_everything
+from dgmbook.utils import autocast, check_config, progress, seed_everything, torch_threads
 
 # -----------------------------------------------------------------------------------------------
 # configuration
@@ -64,6 +64,12 @@ class VAEConfig:
     # ... and beyond the course: the full 10,000-image test set (binarized once, seed 0).
     test_repeats: int = 10
     eval_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("z_dim", "hidden", "var_eps", "iters", "batch_size", "lr",
+                                     "log_every"),
+                     nonnegative=("eval_repeats", "test_repeats"),
+                     choices={"subset_binarization": ("torch", "numpy")})
 
 
 # -----------------------------------------------------------------------------------------------
@@ -384,9 +390,35 @@ def train_and_evaluate(cfg: VAEConfig) -> dict:
     return out
 
 
+def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000) -> dict:
+    """The chapter's evaluations of trained models (one thread: robust when the cores are shared,
+    where idle threads spin-wait):
+
+    * ``spread`` [models, 50]: the negative ELBO of each model under 50 binarizations of the
+      course's 100 test images (:func:`binarization_spread`);
+    * ``numpy``: each model's negative ELBO on the subset binarized with NumPy seed 0;
+    * ``iwae_subset``: IWAE bounds of the first model for k = 1, 10, 100, 1000 on the course's
+      subset (binarized as ``cfg`` says), the course's way: at least 100 samples per image in all;
+    * ``iwae_test``: the same bounds on the first ``iwae_images`` test images.
+    """
+    x_test, _ = test_set()
+    x_numpy, _ = course_test_subset("numpy")
+    x_sub, _ = course_test_subset(cfg.subset_binarization)
+    with torch_threads(1):
+        return {
+            "spread": torch.stack([binarization_spread(m) for m in models]),  # [models, 50]
+            "numpy": [evaluate_bound(m, x_numpy, cfg.eval_repeats, cfg.eval_seed)["nelbo"]
+                      for m in models],
+            "iwae_subset": {k: np.mean([iwae_bounds(models[0], x_sub, [k], seed=r)[k]
+                                        for r in range(max(100 // k, 1))])
+                            for k in (1, 10, 100, 1000)},
+            "iwae_test": iwae_bounds(models[0], x_test[:iwae_images]),
+        }
+
+
 def _train_and_evaluate_one_thread(cfg: VAEConfig) -> dict:
-    torch.set_num_threads(1)
-    return train_and_evaluate(cfg)
+    with torch_threads(1):
+        return train_and_evaluate(cfg)
 
 
 def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
@@ -406,11 +438,7 @@ def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
         workers = min(2, cores or 1)
     workers = max(1, min(workers or 1, len(cfgs)))
     if workers == 1:
-        threads = torch.get_num_threads()
-        try:
-            return [_train_and_evaluate_one_thread(c) for c in cfgs]
-        finally:
-            torch.set_num_threads(threads)
+        return [_train_and_evaluate_one_thread(c) for c in cfgs]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe under Jupyter/OpenMP
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         return list(pool.map(_train_and_evaluate_one_thread, cfgs))

@@ -1,0 +1,87 @@
+"""The first call of every chapter: ``session.start("vae")``.
+
+It seeds every random number generator, names the chapter for the run cache (the entries the
+chapter uses become its archive in the published cache; see :mod:`dgmbook.runcache.remote`), and,
+when ``DGMBOOK_MEMORY_LOG`` names a folder, records the chapter's peak memory there.
+
+Peak memory is what a reader's machine must hold: the kernel process and every process it starts
+(worker processes included), summed as proportional set size (shared pages split between the
+processes that share them), sampled a few times a second by a daemon thread. The record,
+``<folder>/<chapter>.json``, is rewritten whenever the peak grows, so it is current even if the
+kernel is killed. CI sets the setting for the book build and the tests check the records against
+Binder's memory limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from . import runcache
+from .utils import seed_everything
+
+MEMORY_ENV = "DGMBOOK_MEMORY_LOG"
+SAMPLE_SECONDS = 0.2
+
+_monitor: "MemoryMonitor | None" = None
+
+
+def start(chapter: str, seed: int = 0) -> torch.Generator:
+    """Begin chapter ``chapter``: seed everything with ``seed`` (returns the seeded generator),
+    name the chapter for the run cache, and start the memory record if it is asked for."""
+    global _monitor
+    runcache.set_chapter(chapter)
+    folder = os.environ.get(MEMORY_ENV, "").strip()
+    if folder and _monitor is None:
+        _monitor = MemoryMonitor(Path(folder) / f"{chapter}.json", chapter)
+        _monitor.start()
+    return seed_everything(seed)
+
+
+def process_tree_bytes(pid: int | None = None) -> int:
+    """Memory held by a process and all its descendants: the sum of their proportional set sizes
+    (resident size where the kernel does not report it)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", None) or info.rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return total
+
+
+class MemoryMonitor(threading.Thread):
+    """Samples :func:`process_tree_bytes` of this process and writes the peak to ``path``."""
+
+    def __init__(self, path: Path, chapter: str, interval: float = SAMPLE_SECONDS):
+        super().__init__(name="dgmbook-memory", daemon=True)
+        self.path, self.chapter, self.interval = path, chapter, interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def sample(self) -> None:
+        now = process_tree_bytes()
+        if now > self.peak * 1.005 or self.peak == 0:
+            self.peak = max(now, self.peak)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(json.dumps({"chapter": self.chapter, "peak_bytes": self.peak}))
+            os.replace(tmp, self.path)
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample()
+            except Exception:  # never let the record disturb the chapter
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
