@@ -122,3 +122,28 @@ def test_download_failure_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(data.urllib.request, "urlopen", offline)
     with pytest.raises(data.DatasetNotFoundError, match="downloading https://.*network unreachable"):
         data.dataset_file("xsum", "test-1000.jsonl")
+
+
+@pytest.mark.parametrize("name", sorted(data.REGISTRY))
+def test_every_dataset_fails_to_download_with_a_clear_error(monkeypatch, tmp_path, name, capfd):
+    """With no network, each dataset's loader raises DatasetNotFoundError naming the dataset,
+    the file and where to get it (MNIST and Fashion-MNIST go through torchvision, whose own
+    error is a bare RuntimeError after it tried every mirror)."""
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setattr(data, "data_root", lambda: tmp_path)
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    ds = data.REGISTRY[name]
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        if name in ("MNIST", "FashionMNIST"):
+            data.load_image_dataset(name)
+        else:
+            for f in ds.files:
+                data.dataset_file(name, f.relpath.split("/", 1)[1])
+    message = str(err.value)
+    assert f"dataset {name!r}" in message and "Get it from" in message
+    assert str(tmp_path) in message
+    capfd.readouterr()  # torchvision prints each failed mirror

@@ -11,13 +11,7 @@ import torch
 from dgmbook import digit_classifier as dc
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run tiny tensors, for which one thread is fastest (and gives stable timings)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frechet_distance_identical_is_zero():

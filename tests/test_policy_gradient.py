@@ -12,10 +12,7 @@ import torch
 from dgmbook import policy_gradient as pg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with pg.torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the estimator on the discrete problem ------------------------------------------------------

@@ -12,14 +12,7 @@ from dgmbook import vae
 from dgmbook.data import DatasetNotFoundError
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # tiny tensors: a second thread only adds synchronization (and spins when cores are busy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(z_dim=4, hidden=16, seed=0):

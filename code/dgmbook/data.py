@@ -303,7 +303,12 @@ def load_image_dataset(name: str = "MNIST", train: bool = True):
     if not (root / name / "raw" / img_rel).exists() and not root_is_read_only():
         import torchvision
 
-        getattr(torchvision.datasets, name)(str(root), train=train, download=True)
+        try:
+            getattr(torchvision.datasets, name)(str(root), train=train, download=True)
+        except Exception as e:  # torchvision raises a bare RuntimeError after its mirrors fail
+            ds = REGISTRY[name]
+            raise DatasetNotFoundError(_missing_message(
+                ds, ds.file(img_rel), root, f"torchvision could not download it ({e})")) from e
     images = _idx_images(dataset_file(name, img_rel, download=False))
     labels = _idx_labels(dataset_file(name, lab_rel, download=False))
     return images, labels

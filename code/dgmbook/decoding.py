@@ -35,14 +35,14 @@ Beams still live after ``max_new_tokens`` tokens compete unfinished (no EOS), wi
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from .seq2seq import KVCache, Seq2SeqTransformer
+from .utils import eval_mode
 
 EarlyStopping = bool | Literal["never"]
 
@@ -55,20 +55,6 @@ class Generation:
 
     tokens: list[list[int]]
     scores: torch.Tensor  # float [B]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """No dropout and no autograd inside (inference mode: no autograd bookkeeping at all, which
-    matters when a decoding step is a few dozen small operations); the model's train/eval mode is
-    restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -180,7 +166,7 @@ def greedy_search(
     cfg = model.cfg
     rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size,
                    no_immediate_repeat)
-    with _eval_mode(model):
+    with eval_mode(model, inference=True):
         memory, src_keep = model.encode(src)
         next_logp = _NextToken(model, memory, src_keep, max_new_tokens, use_cache)
         B = src.shape[0]
@@ -254,7 +240,7 @@ def beam_search(
     rules = _Rules(cfg.pad_id, cfg.bos_id, cfg.eos_id, min_new_tokens, no_repeat_ngram_size,
                    no_immediate_repeat)
     B, device = src.shape[0], src.device
-    with _eval_mode(model):
+    with eval_mode(model, inference=True):
         memory, src_keep = model.encode(src)  # [B, S, D], [B, 1, 1, S]
         memory, src_keep = memory.repeat_interleave(K, 0), src_keep.repeat_interleave(K, 0)  # [B*K, ...]
         next_logp = _NextToken(model, memory, src_keep, max_new_tokens, use_cache)
@@ -341,7 +327,7 @@ def sequence_logprobs(
     for i, s in enumerate(sequences):
         tgt_out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
     tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], cfg.bos_id), tgt_out[:, :-1]], dim=1)  # [B, T]
-    with _eval_mode(model):
+    with eval_mode(model, inference=True):
         logp = _log_softmax(model(src, tgt_in))  # [B, T, V]
     token_logp = logp.gather(2, tgt_out[:, :, None])[:, :, 0]  # [B, T]
     lengths = torch.tensor([len(s) for s in sequences], device=src.device)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import autocast, progress, seed_everything
+from .utils import autocast, check_config, progress, seed_everything
 
 
 @dataclass
@@ -39,6 +39,10 @@ class ClassifierConfig:
     n_train: int = 60_000
     bf16: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("channels", "feature_dim", "epochs", "batch_size", "lr",
+                                     "n_train"))
 
 
 class DigitCNN(nn.Module):

