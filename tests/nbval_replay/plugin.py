@@ -1,21 +1,28 @@
-"""pytest plugin for the book (loaded by pytest.ini with `-p nbval_chapters`, so that it applies
-to book/ as well as tests/; a conftest.py in tests/ would only see tests/).
+"""pytest plugin for the book (loaded by pytest.ini with `-p nbval_replay.plugin`, so that it
+applies to book/ as well as tests/; a conftest.py in tests/ would only see tests/).
 
 * Every MyST chapter in ``book/`` is collected directly. Its code cells are checked against the
-  committed reference ``tests/references/<name>.ipynb`` (a stale or missing reference fails with the
+  committed reference ``tests/nbval_replay/references/<name>.ipynb`` (a stale or missing reference fails with the
   command that re-records it); then nbval replays the reference cell by cell in a fresh kernel and
   compares every output (stdout, stderr, text and HTML results; images are not compared):
   strictly on the kind of machine the reference was recorded on, in portable mode elsewhere
-  (every number within a tolerance, the text around them equal; see ``chapters.choose_reference``
-  and ``chapters.portable_mismatch``).
+  (every number within a tolerance, the text around them equal; see ``recordings.choose_reference``
+  and ``portable.portable_mismatch``).
+* ``DGMBOOK_REPLAY=published`` (what ``.ci/run`` sets): the replay reads trained runs from the
+  publish folder (``python -m dgmbook publish``), served on 127.0.0.1, not from the build's run
+  cache: each chapter starts with an empty cache of its own, fetches its archive, and fails if any
+  run would have to train (``DGMBOOK_NO_TRAINING``). So the published cache passes the same
+  comparison as the book, at no extra execution.
 * At the end, the time each chapter took is printed.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
-import sys
-import time
+import tempfile
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,11 +30,9 @@ import nbformat
 import pytest
 from nbval.plugin import IPyNbCell, IPyNbFile, find_comment_markers, find_metadata_tags, transform_streams_for_comparison
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import (  # noqa: E402
-    MACHINE_DEPENDENT_TAG, REPO, choose_reference, describe, glue_units, is_chapter, machine, portable_mismatch,
-    read_chapter,
-)
+from . import REPO
+from .portable import MACHINE_DEPENDENT_TAG, glue_units, portable_mismatch
+from .recordings import choose_reference, describe, is_chapter, machine, read_chapter
 
 # The chapters read data from the data root and must not show progress bars or hub traffic.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,11 +61,49 @@ class StaleReferenceError(Exception):
     pass
 
 
+REPLAY_ENV = "DGMBOOK_REPLAY"
+PUBLISH = REPO / "_build" / "publish"
+_published: dict = {}  # in published mode: the server, its URL, the folder of per-chapter caches
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def pytest_configure(config):
+    mode = os.environ.get(REPLAY_ENV, "").strip()
+    if mode not in ("", "local", "published"):
+        raise pytest.UsageError(f"{REPLAY_ENV} must be 'published' or 'local', not {mode!r}")
+    if mode != "published":
+        return
+    if not (PUBLISH / "runcache" / "index.json").exists():
+        raise pytest.UsageError(f"{REPLAY_ENV}=published, but {PUBLISH} has no run cache: build "
+                                "the book, then run `python -m dgmbook pdf` and `python -m dgmbook publish`")
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(PUBLISH)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _published.update(server=httpd, url=f"http://127.0.0.1:{httpd.server_address[1]}/runcache/",
+                      caches=Path(tempfile.mkdtemp(prefix="dgmbook-replay-")))
+    os.environ["DGMBOOK_REMOTE_CACHE"] = _published["url"]
+    os.environ["DGMBOOK_NO_TRAINING"] = "1"
+
+
+def pytest_unconfigure(config):
+    if "server" in _published:
+        _published.pop("server").shutdown()
+
+
 class ChapterFile(IPyNbFile):
     """A MyST chapter, replayed by nbval against its recorded reference notebook.
 
     The kernel starts in book/ (nbval uses the collected file's folder), like the book build.
     """
+
+    def setup(self):
+        if _published:  # an empty run cache of its own: everything comes from the published one
+            os.environ["DGMBOOK_CACHE"] = str(_published["caches"] / Path(self.path).stem)
+        super().setup()
 
     def collect(self):
         chapter = Path(self.path)
@@ -88,7 +131,7 @@ class ChapterFile(IPyNbFile):
 class ChapterCell(IPyNbCell):
     """A chapter cell. In portable mode (the reference was recorded on another kind of machine) an
     output that differs from the reference still agrees if only its numbers differ, each within the
-    tolerance of ``chapters.portable_mismatch`` (for a glued value, measured in the last digit the
+    tolerance of ``portable.portable_mismatch`` (for a glued value, measured in the last digit the
     prose shows of it). A cell tagged ``machine-dependent`` in the chapter
     (it prints what a chaotic computation gave: text a trained model generated, statistics of a
     training run in which a seed may stall or not, both of which change with the last bits) only
@@ -178,6 +221,8 @@ def pytest_terminal_summary(terminalreporter):
             mode = "strict" if choice.strict else f"portable (recorded on {describe(choice.recorded_on)})"
             terminalreporter.write_line(f"  {path}: {choice.path.relative_to(REPO)}, {mode}")
     if _chapter_seconds:
-        terminalreporter.section("time per chapter (nbval replay)")
+        how = (f"from an empty run cache and the published one at {_published['url']}"
+               if _published else "from the local run cache")
+        terminalreporter.section(f"time per chapter (nbval replay, {how})")
         for path, secs in sorted(_chapter_seconds.items()):
             terminalreporter.write_line(f"{secs:8.1f} s  {path}")

@@ -1,20 +1,20 @@
 """Re-record the nbval reference outputs of chapters.
 
-    python tests/record_references.py               # every chapter
-    python tests/record_references.py book/kl.md    # one chapter
-    python tests/record_references.py --primary book/kl.md   # make this machine's the primary one
+    python -m tests.nbval_replay.record               # every chapter
+    python -m tests.nbval_replay.record book/kl.md    # one chapter
+    python -m tests.nbval_replay.record --primary book/kl.md   # this machine's is the primary one
 
 Each chapter is executed from scratch (working directory book/) and written, with its outputs and
 the machine it ran on (``metadata.dgmbook.machine``), to
 
-* ``tests/references/<name>.ipynb``, the primary reference, when there is none, when the chapter's
+* ``tests/nbval_replay/references/<name>.ipynb``, the primary reference, when there is none, when the chapter's
   code changed since it was recorded, when it was recorded on this kind of machine, or with
   ``--primary``;
-* else ``tests/references/<machine slug>/<name>.ipynb``, this kind of machine's own reference.
+* else ``tests/nbval_replay/references/<machine slug>/<name>.ipynb``, this kind of machine's own reference.
 
 A new primary reference makes the per-machine ones of older code stale; they are deleted. Review
 the diff before committing: it is what the tests will demand from every later execution (strictly
-on the machine kinds recorded, in portable mode elsewhere: see tests/chapters.py).
+on the machine kinds recorded, in portable mode elsewhere: see recordings.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import (  # noqa: E402
-    REPO, all_references, chapters, code_sources, describe, execute, machine, read_chapter, recording_target,
+from . import REPO, chapters
+from .recordings import (
+    all_references, code_sources, describe, execute, machine, read_chapter, recording_target,
     reference_path, strip_volatile_metadata,
 )
 
