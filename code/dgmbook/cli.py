@@ -3,6 +3,8 @@
     python -m dgmbook list                 # the registered full experiments
     python -m dgmbook full NAME            # run one; writes code/dgmbook/results/NAME.json
     python -m dgmbook data                 # verify every registered data file under the data root
+    python -m dgmbook pdf                  # the built book as one PDF: _build/pdf/book.pdf
+    python -m dgmbook publish              # the publish folder: _build/publish/ (see dgmbook.publish)
 
 A full experiment is a function ``run(progress: bool) -> (config: dict, metrics: dict)`` registered
 in :data:`EXPERIMENTS` as ``"module:function"``; the results file records its configuration,
@@ -65,6 +67,12 @@ def cmd_data(_args) -> int:
     return 1 if failures else 0
 
 
+def cmd_publish(args) -> int:
+    from dgmbook import publish
+
+    return publish.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dgmbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     full.add_argument("name")
     full.set_defaults(func=cmd_full)
     sub.add_parser("data", help="verify the data files under the data root").set_defaults(func=cmd_data)
+    pdf = sub.add_parser("pdf", help="print the built book to one PDF (_build/pdf/book.pdf)")
+    pdf.add_argument("--root", default=".", help="the book's root (where _config.yml is)")
+    pdf.set_defaults(func=cmd_publish)
+    pub = sub.add_parser("publish", help="assemble the publish folder from the built book")
+    pub.add_argument("--root", default=".", help="the book's root (where _config.yml is)")
+    pub.add_argument("--out", help="the folder to write (default: ROOT/_build/publish)")
+    pub.add_argument("--cache", help="the run cache the build filled (default: $DGMBOOK_CACHE)")
+    pub.set_defaults(func=cmd_publish)
     args = parser.parse_args(argv)
     return args.func(args)
 

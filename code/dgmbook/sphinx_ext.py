@@ -1,8 +1,12 @@
 """A small Sphinx extension for the book build (listed in ``_config.yml``).
 
 * **Launch buttons from one setting.** ``_config.yml``'s ``repository: url:`` turns the Binder
-  launch button and the repository button on; left empty, both are removed (the theme would
-  otherwise fail on a notebook page with no repository to launch from).
+  and Colab launch buttons and the repository button on; left empty, all are removed (the theme
+  would otherwise fail on a notebook page with no repository to launch from).
+* **Colab opens the published notebook.** The theme points Colab at the page's source file, which
+  for a MyST Markdown chapter Colab cannot read; the button opens instead the executed notebook
+  that ``python -m dgmbook publish`` writes and the deploy workflow puts on the branch
+  :data:`dgmbook.publish.NOTEBOOK_BRANCH` (see :meth:`dgmbook.publish.Site.colab_url`).
 * **No duplicate inline scripts.** sphinx-thebe and sphinx-togglebutton register their inline
   configuration scripts twice under this Sphinx; the second ``const`` declaration is a
   JavaScript error in the browser console, so exact duplicates are dropped from each page.
@@ -28,6 +32,19 @@ def configure_launch_buttons(app, config):
             launch.pop(key, None)
         options["launch_buttons"] = launch
         options.pop("repository_url", None)
+
+
+def point_colab_at_published_notebooks(app, pagename, templatename, context, doctree):
+    from .publish import Site
+
+    url = (app.config.html_theme_options.get("repository_url") or "").strip()
+    colab = Site(url).colab_url(Path(pagename).name)
+    if colab is None:
+        return
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if isinstance(group, dict) else []:
+            if button.get("text") == "Colab":
+                button["url"] = colab
 
 
 def offer_executed_notebook(app, pagename, templatename, context, doctree):
@@ -57,4 +74,6 @@ def setup(app):
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)
     app.connect("config-inited", configure_launch_buttons, priority=900)
     app.connect("html-page-context", offer_executed_notebook, priority=400)
+    # after the theme's launch buttons (priority 501)
+    app.connect("html-page-context", point_colab_at_published_notebooks, priority=502)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

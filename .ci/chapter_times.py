@@ -1,0 +1,31 @@
+"""Print how long each chapter took to execute in the book build (from jupyter-cache's records)
+and, beside it, its peak memory (the records ``dgmbook.session`` wrote under $DGMBOOK_MEMORY_LOG).
+
+    python .ci/chapter_times.py _build/.jupyter_cache [.cache/memory]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from jupyter_cache import get_cache
+
+
+def main(path: str, memory: str | None = None) -> int:
+    cache = get_cache(path)
+    peaks = {}
+    if memory and Path(memory).is_dir():
+        for rec in Path(memory).glob("*.json"):
+            peaks[rec.stem] = json.loads(rec.read_text())["peak_bytes"]
+    print("time and peak memory per chapter (book build; memory: the kernel and its workers):")
+    for rec in sorted(cache.list_cache_records(), key=lambda r: Path(r.uri).name):
+        name = Path(rec.uri).stem
+        secs = (rec.data or {}).get("execution_seconds")
+        time_txt = f"{secs:8.1f} s" if secs is not None else "       ? s"
+        mem_txt = f"{peaks[name] / 2**30:6.2f} GiB" if name in peaks else "     ? GiB"
+        print(f"  {time_txt}  {mem_txt}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(*sys.argv[1:3]))
