@@ -15,19 +15,16 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import REPO, chapters  # noqa: E402
+from nbval_replay import REPO, chapters
+from dgmbook import publish
 
 HTML = REPO / "_build" / "html"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, CHROMEDRIVER = publish.browser_paths()
 
 
 def _require_browser():
@@ -58,17 +55,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def browser():
     _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-quic", "--window-size=1280,2000"]:
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = publish.browser(window=(1280, 2000), logs=("browser",))
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
@@ -120,3 +107,97 @@ def test_math_is_served_offline(server, browser):
     scripts = browser.execute_script("return Array.from(document.scripts).map(s => s.src)")
     mathjax = [s for s in scripts if "mathjax" in s.lower()]
     assert mathjax and all(s.startswith(server) for s in mathjax), mathjax
+
+
+# --- what a reader sees at a laptop's size, in both themes ----------------------------------
+
+READER_WINDOW = (1366, 768)
+
+# Every element that would need a horizontal scrollbar: code cells and their outputs (text and
+# HTML tables) and display equations. Reported with the first line that overflows.
+OVERFLOW_JS = """
+const out = [];
+const article = document.querySelector('article') || document.body;
+const wide = (el) => el.scrollWidth > el.clientWidth + 1;
+article.querySelectorAll('div.cell pre, div.cell_output table, div.cell_output .output').forEach(el => {
+  if (!wide(el)) return;
+  const lines = (el.innerText || '').split('\\n');
+  const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
+  out.push([el.closest('.cell_output') ? 'output' : 'code', el.scrollWidth, el.clientWidth, longest]);
+});
+article.querySelectorAll('mjx-container[display="true"]').forEach(el => {
+  const box = el.closest('div.math') || el.parentElement;
+  if (wide(el) || el.scrollWidth > box.clientWidth + 1) {
+    out.push(['equation', el.scrollWidth, box.clientWidth, (el.closest('[id]') || {}).id || '']);
+  }
+});
+return out;
+"""
+
+# Contrast of the body text and of code against their backgrounds, and images that would sit
+# transparent on a dark page.
+THEME_JS = """
+const lum = (c) => {
+  const v = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map(x => x / 255)
+    .map(x => (x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4)));
+  return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
+};
+const bg = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = getComputedStyle(e).backgroundColor;
+    if (c && !c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return c;
+  }
+  return 'rgb(255, 255, 255)';
+};
+const ratio = (el) => {
+  const a = lum(getComputedStyle(el).color), b = lum(bg(el));
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+};
+const article = document.querySelector('article');
+const para = article.querySelector('p');
+const code = article.querySelector('div.cell_input pre');
+const transparent = [];
+article.querySelectorAll('div.cell_output img').forEach(img => {
+  const c = document.createElement('canvas');
+  c.width = Math.min(img.naturalWidth, 64); c.height = Math.min(img.naturalHeight, 64);
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0, c.width, c.height);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let clear = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] < 250) clear++;
+  if (clear > d.length / 40 && lum(bg(img)) < 0.5) transparent.push(img.src);
+});
+return {text: ratio(para), code: code ? ratio(code) : 99, transparent: transparent,
+        theme: document.documentElement.dataset.theme};
+"""
+
+
+@pytest.fixture(scope="module")
+def reader(server):
+    _require_browser()
+    driver = publish.browser(window=READER_WINDOW)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in chapters()])
+def test_nothing_scrolls_sideways_at_a_laptops_width(chapter, server, reader):
+    reader.get(f"{server}/book/{chapter}.html")
+    _wait_for_mathjax(reader)
+    overflow = reader.execute_script(OVERFLOW_JS)
+    assert not overflow, (f"{chapter}: at {READER_WINDOW[0]}x{READER_WINDOW[1]} these need a "
+                          "horizontal scrollbar (kind, content width, visible width, widest line): "
+                          + "; ".join(map(str, overflow)))
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("chapter", [c.stem for c in chapters()])
+def test_text_code_and_figures_are_legible_in_both_themes(chapter, theme, server, reader):
+    reader.get(f"{server}/book/{chapter}.html")
+    reader.execute_script(f"document.documentElement.dataset.theme = '{theme}';"
+                          f"document.documentElement.dataset.mode = '{theme}';")
+    seen = reader.execute_script(THEME_JS)
+    assert seen["theme"] == theme
+    assert seen["text"] >= 4.5 and seen["code"] >= 4.5, seen  # WCAG AA contrast
+    assert not seen["transparent"], f"figures transparent on a dark background: {seen['transparent']}"

@@ -1,0 +1,90 @@
+"""The built HTML as a reader sees it: no MyST markup left as text, every glued value pasted,
+every link and cross-reference resolved.
+
+The strict build catches most markup errors, but not all: a role whose closing backtick is
+missing (``{cite:t}`key}``) is valid Markdown, the literal text of a role, and renders as such.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from bs4 import BeautifulSoup
+
+from nbval_replay import REPO, toc_files
+
+HTML = REPO / "_build" / "html"
+
+# What MyST markup looks like when it was not rendered: a role `{name}` or `{name:sub}` followed
+# by a backtick or a letter, a directive fence, a label definition, a substitution, a glue key.
+LEFTOVERS = {
+    "a role left as text": re.compile(r"\{[a-z][a-z0-9_-]*(?::[a-z0-9_-]+)?\}\s*`"),
+    "a directive left as text": re.compile(r"(?:```|:::)\s*\{[a-z][a-z0-9_-]*\}"),
+    "a label left as text": re.compile(r"^\([A-Za-z0-9_-]+\)=\s*$", re.M),
+    "a substitution left as text": re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}"),
+    "a glue role left as text": re.compile(r"\bglue:(?:text|md|any|figure|math)\b"),
+}
+
+
+def _pages() -> list[Path]:
+    return [HTML / p.relative_to(REPO).with_suffix(".html") for p in toc_files()]
+
+
+def _visible_prose(page: Path) -> tuple[BeautifulSoup, str]:
+    """The page's article without code, outputs, math and scripts: the prose a reader reads."""
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    article = soup.select_one("article") or soup.body
+    for tag in article.select("script, style, pre, code, .math, div.cell_output, "
+                              "div.highlight, .MathJax, mjx-container"):
+        tag.decompose()
+    return soup, article.get_text(" ")
+
+
+@pytest.fixture(scope="module", params=[p.stem for p in toc_files()])
+def page(request):
+    path = next(p for p in _pages() if p.stem == request.param)
+    if not path.exists():
+        pytest.fail(f"{path} was not built: build the book first (see README)")
+    return path
+
+
+def test_no_markup_is_left_as_text(page):
+    _, text = _visible_prose(page)
+    found = [(what, m.group(0)) for what, rx in LEFTOVERS.items() for m in rx.finditer(text)]
+    assert not found, f"{page.name}: {found}"
+
+
+def test_every_glued_value_was_pasted(page):
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    # myst-nb renders a glue key it cannot find as a warning box (the strict build fails on the
+    # warning, but a build with --keep-going or a cached page might not)
+    missing = [t.get_text(" ", strip=True) for t in soup.select(".pasted-text, .pasted-inline")
+               if "not found" in t.get_text().lower()]
+    assert not missing, missing
+
+
+def test_every_internal_link_resolves(page):
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    ids = {t["id"] for t in soup.select("[id]")}
+    broken = []
+    for a in soup.select("article a[href]"):
+        href = a["href"]
+        url = urlparse(href)
+        if url.scheme or href.startswith(("mailto:", "//")):
+            continue
+        target = (page.parent / unquote(url.path)).resolve() if url.path else page
+        if url.path and not target.exists():
+            broken.append(href)
+        elif url.fragment and target == page and url.fragment not in ids:
+            broken.append(href)
+        elif url.fragment and target != page and target.suffix == ".html":
+            other = BeautifulSoup(target.read_text(encoding="utf-8"), "html.parser")
+            if not other.select_one(f'[id="{url.fragment}"]'):
+                broken.append(href)
+    # an unresolved cross-reference renders as plain text in a span, not as a link
+    unresolved = [t.get_text() for t in soup.select("article span.xref, article .std-ref:not(a *)")
+                  if not t.find_parent("a")]
+    assert not broken and not unresolved, (broken, unresolved)
