@@ -180,12 +180,11 @@ def write_notebooks(root: Path, build: Path, out: Path, site: Site, revision: st
         weights = weights_requirements(root) if chapter.stem in WEIGHTS_CHAPTERS else []
         cell = nbformat.v4.new_code_cell(install_cell_source(site, revision, chapter.stem, weights))
         cell.metadata["tags"] = [INSTALL_TAG]
-        cell.pop("id", None)
         nb.cells.insert(0, cell)
         nb.metadata.setdefault("dgmbook", {})["revision"] = revision
         for c in nb.cells:
             c.metadata.pop("execution", None)
-        nbformat.validator.normalize(nb)
+        nbformat.validate(nb)
         target = out / f"{chapter.stem}.ipynb"
         nbformat.write(nb, target)
         written.append(target)
