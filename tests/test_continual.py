@@ -225,3 +225,16 @@ def test_run_cnn_and_course_fisher():
                    ewc_lambda=0.8, bf16=False)
     out = C.run(cfg, tiny_data())
     assert out["R"].shape == (2, 2) and out["fisher_examples"] == [192, 192]
+
+
+def test_concat_rows_indexes_like_torch_cat():
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randint(0, 255, (n, 5), generator=g, dtype=torch.uint8) for n in (7, 1, 12)]
+    rows = C.ConcatRows(parts)
+    whole = torch.cat(parts)
+    assert len(rows) == len(whole)
+    idx = torch.randperm(len(whole), generator=g)
+    for s in range(0, len(idx), 6):
+        assert torch.equal(rows[idx[s:s + 6]], whole[idx[s:s + 6]])
+    labels = C.ConcatRows([torch.arange(3), torch.arange(10, 12)])
+    assert labels[torch.tensor([4, 0, 3])].tolist() == [11, 0, 10]
