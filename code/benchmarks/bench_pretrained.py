@@ -29,9 +29,9 @@ from dataclasses import replace
 
 import torch
 
-from dgmbook import llm, pretrained
-from dgmbook.summ_data import length_batches, load_dialogsum, load_xsum_sample
-from dgmbook.summarize import DecodeConfig
+from dgmbook.summarization import bert2bert as pretrained, llm
+from dgmbook.summarization.data import length_batches, load_dialogsum, load_xsum_sample
+from dgmbook.summarization.scratch import DecodeConfig
 
 
 def _cpu() -> float:

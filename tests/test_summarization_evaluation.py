@@ -2,7 +2,7 @@
 
 import pytest
 
-from dgmbook.rouge import rouge_per_example, rouge_scores
+from dgmbook.summarization.evaluation import rouge_per_example, rouge_scores
 
 
 def f1(p: float, r: float) -> float:

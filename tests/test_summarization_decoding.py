@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from dgmbook.decoding import banned_ngram_mask, beam_search, generate, greedy_search, sequence_logprobs
-from dgmbook.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from dgmbook.summarization.decoding import banned_ngram_mask, beam_search, generate, greedy_search, sequence_logprobs
+from dgmbook.summarization.model import Seq2SeqConfig, Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 1, 2
 

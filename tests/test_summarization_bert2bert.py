@@ -1,4 +1,4 @@
-"""Fine-tuning pretrained encoder-decoders (dgmbook.pretrained): BERT2BERT from the MiniLM
+"""Fine-tuning pretrained encoder-decoders (dgmbook.summarization.bert2bert): BERT2BERT from the MiniLM
 checkpoint, the T5 code path with a tiny random T5, optimizers and their state, generation."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from dgmbook import pretrained as P
-from dgmbook.summ_data import SummaryExample
-from dgmbook.summarize import DecodeConfig
+from dgmbook.summarization import bert2bert as P
+from dgmbook.summarization.data import SummaryExample
+from dgmbook.summarization.scratch import DecodeConfig
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec(P.MINILM_PACKAGE) is None,

@@ -1,0 +1,1 @@
+"""Summarization (chapters "Summarization I" and "Summarization II")."""
