@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from dgmbook.summarization import bert2bert as P
-from dgmbook.summarization.data import SummaryExample
+from dgmbook.summarization.data import SPEAKER_TAGS, SummaryExample
 from dgmbook.summarization.decoding import DecodeConfig
 
 needs_minilm = pytest.mark.skipif(
@@ -87,7 +87,7 @@ def test_speaker_tags_are_single_tokens_that_start_as_their_pieces(bert2bert):
     text = "#Person1#: it's #Person2#'s turn."
     assert tokenizer.tokenize(text)[0] == "#Person1#"
     assert plain_tok.tokenize(text)[:4] == ["#", "person", "##1", "#"]
-    assert len(tokenizer) == len(plain_tok) + len(P.SPEAKER_TAGS)
+    assert len(tokenizer) == len(plain_tok) + len(SPEAKER_TAGS)
     # every other word is tokenized as before, and the tags come back from a decode
     assert tokenizer.tokenize("hello, mr. smith") == plain_tok.tokenize("hello, mr. smith")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

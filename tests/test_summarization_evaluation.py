@@ -1,8 +1,15 @@
-"""ROUGE-1/2/L F1 on examples checked by hand, stemming, and the two multi-reference modes."""
+"""Evaluation (dgmbook.summarization.evaluation): ROUGE-1/2/L F1 on examples checked by hand,
+stemming, and the two multi-reference modes; the one evaluation loop of every system; repetition
+statistics; the evaluations of a full run."""
 
 import pytest
 
+from dgmbook.summarization import evaluation
+from dgmbook.summarization.data import SummaryExample
+from dgmbook.summarization.decoding import DecodeConfig
 from dgmbook.summarization.evaluation import rouge_per_example, rouge_scores
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def f1(p: float, r: float) -> float:
@@ -52,3 +59,60 @@ def test_errors_say_what_is_wrong():
         rouge_scores(["a", "b"], [("a",)])
     with pytest.raises(ValueError, match="non-empty list or tuple"):
         rouge_scores(["a"], ["a"])  # a bare string instead of a list of references
+
+
+EXAMPLES = [
+    SummaryExample("a", "the cat sat on the mat", ("the cat sat", "a cat was sitting")),
+    SummaryExample("b", "dogs bark at night", ("dogs bark",)),
+]
+
+
+def test_evaluate_runs_any_system_and_scores_it():
+    """A system is any function from documents to summaries; evaluate gives it every document at
+    once, in order, and scores its summaries as rouge_scores does."""
+    seen = []
+
+    def first_three_words(documents):
+        seen.append(list(documents))
+        return [" ".join(d.split()[:3]) for d in documents]
+
+    scores = evaluation.evaluate(first_three_words, EXAMPLES)
+    assert seen == [[ex.document for ex in EXAMPLES]]
+    assert scores["predictions"] == ["the cat sat", "dogs bark at"]
+    refs = [ex.references for ex in EXAMPLES]
+    assert scores["rouge_max"] == rouge_scores(scores["predictions"], refs, multi_ref="max")
+    assert scores["rouge_first"] == rouge_scores(scores["predictions"], refs, multi_ref="first")
+    assert scores["mean_words"] == 3.0 and scores["seconds_per_example"] >= 0
+
+
+def test_repetition_statistics(bpe):
+    assert evaluation.longest_token_run(bpe, "") == 0
+    assert evaluation.longest_token_run(bpe, "the new job") == 1
+    assert evaluation.longest_token_run(bpe, "the new new new job") == 3
+    stats = evaluation.repetition_stats(bpe, ["the new new job", "a job", "a job"])
+    assert stats == {"repeated": 1, "longest_run": 2, "distinct": 2, "n": 3}
+
+
+def test_full_run_evaluation(monkeypatch, bpe):
+    """Three evaluations (DialogSum's test set greedy and with 4 beams, XSum with 4 beams), each
+    with the entries asked for, repetition statistics if a tokenizer is given, and the first
+    EXAMPLES_RECORDED summaries."""
+    dialogues = [SummaryExample(str(i), f"dialogue {i}", (f"summary {i}",)) for i in range(30)]
+    articles = [SummaryExample(str(i), f"article {i}", (f"news {i}",)) for i in range(3)]
+    monkeypatch.setattr(evaluation, "load_dialogsum", lambda split: split == "test" and dialogues)
+    monkeypatch.setattr(evaluation, "load_xsum_sample", lambda: articles)
+    decodes = []
+
+    def system_for(decode):
+        decodes.append(decode)
+        return lambda documents: [f"{decode.num_beams} beams on {d}" for d in documents]
+
+    out = evaluation.full_run_evaluation(system_for, repetition_tokenizer=bpe)
+    assert decodes == [DecodeConfig(), DecodeConfig(num_beams=4), DecodeConfig(num_beams=4)]
+    assert list(out) == ["dialogsum_greedy", "dialogsum_beam4", "xsum_beam4"]
+    greedy = out["dialogsum_greedy"]
+    assert list(greedy) == ["rouge_max", "rouge_first", "mean_words", "repetition", "examples"]
+    assert greedy["examples"] == [f"1 beams on dialogue {i}" for i in range(evaluation.EXAMPLES_RECORDED)]
+    assert greedy["repetition"]["n"] == 30 and out["xsum_beam4"]["examples"][0] == "4 beams on article 0"
+    plain = evaluation.full_run_evaluation(system_for, keep=("rouge_first",))
+    assert list(plain["xsum_beam4"]) == ["rouge_first", "examples"]

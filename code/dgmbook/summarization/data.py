@@ -1,5 +1,7 @@
-"""Summarization data: DialogSum and the XSum sample as examples, a BPE tokenizer trained on the
-training split, and the batching pipeline (chapter "Summarization I").
+"""Summarization data: DialogSum and the XSum sample as examples, DialogSum's speaker tags, a BPE
+tokenizer trained on the training split, and the batching pipeline (chapter "Summarization I"),
+with the helpers every summarizer's loops use: :func:`length_batches`, :func:`pad_sequences`,
+:func:`progress_bar`.
 
 Data
 ----
@@ -40,13 +42,16 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..data import dataset_file, read_jsonl
+from ..utils import progress
 
 DIALOGSUM_SPLITS = ("train", "validation", "test")
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in a tokenizer from train_tokenizer
-# The speaker tags of DialogSum (#Person3# and beyond are rare, #Person7# is the last).
-DIALOGSUM_SPEAKERS = tuple(f"#Person{i}#" for i in range(1, 8))
+# The speaker tags of DialogSum (#Person3# and beyond are rare, #Person7# is the last): single
+# tokens of the from-scratch model's tokenizer (train_tokenizer) and of BERT2BERT's
+# (bert2bert.add_speaker_tags).
+SPEAKER_TAGS = tuple(f"#Person{i}#" for i in range(1, 8))
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,7 @@ def train_tokenizer(
 
     Byte-level: the 256 byte symbols are in the initial alphabet, so every string is encoded
     without ``<unk>`` and ``decode(encode(s).ids) == s``. ``extra_tokens`` are whole strings kept
-    as one token each (the last ids), e.g. DialogSum's speaker tags :data:`DIALOGSUM_SPEAKERS`,
+    as one token each (the last ids), e.g. DialogSum's speaker tags :data:`SPEAKER_TAGS`,
     which BPE would otherwise split into four pieces (``# Person 1 #``)."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -260,11 +265,20 @@ class Batch:
         return len(self.index)
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """int64 [len(seqs), longest]: the sequences as rows, right-padded with ``value``."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
+
+
+def progress_bar(show: bool | None, **kwargs):
+    """A progress bar (training, decoding batches): shown where :func:`dgmbook.utils.progress`
+    decides (in a terminal, not in a notebook), unless ``show`` says."""
+    if show is not None:
+        kwargs["disable"] = not show
+    return progress(**kwargs)
 
 
 def length_batches(
@@ -313,11 +327,11 @@ class EncodedSplit:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         tgt = [self.targets[i] for i in indices]
-        tgt_in = _pad([[self.ids.bos] + t[:-1] for t in tgt], self.ids.pad)
+        tgt_in = pad_sequences([[self.ids.bos] + t[:-1] for t in tgt], self.ids.pad)
         return Batch(
-            src=_pad([self.sources[i] for i in indices], self.ids.pad),
+            src=pad_sequences([self.sources[i] for i in indices], self.ids.pad),
             tgt_in=tgt_in,
-            tgt_out=_pad(tgt, self.ids.pad),
+            tgt_out=pad_sequences(tgt, self.ids.pad),
             index=torch.tensor(list(indices), dtype=torch.long),
         )
 

@@ -47,6 +47,7 @@ from typing import Any, Literal, Protocol, Sequence
 import torch
 
 from ..utils import eval_mode
+from .data import pad_sequences
 
 EarlyStopping = bool | Literal["never"]
 
@@ -370,10 +371,8 @@ def sequence_logprobs(
     """Teacher-forced ``sum_t log p(y_t | y_<t, x)`` of one generated sequence per example
     (``sequences[i]`` without BOS, as :class:`Generation` holds them): float [B]."""
     cfg = model.cfg
-    T = max(len(s) for s in sequences)
-    tgt_out = torch.full((len(sequences), T), cfg.pad_id, dtype=torch.long, device=src.device)
-    for i, s in enumerate(sequences):
-        tgt_out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    tgt_out = pad_sequences([list(s) for s in sequences], cfg.pad_id).to(src.device)  # [B, T]
+    T = tgt_out.shape[1]
     tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], cfg.bos_id), tgt_out[:, :-1]], dim=1)  # [B, T]
     with eval_mode(model, inference=True):
         logp = _log_softmax(model(src, tgt_in))  # [B, T, V]

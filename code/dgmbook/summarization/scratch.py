@@ -23,6 +23,7 @@ A budget in minutes makes a run depend on the machine's speed; the book's run
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from ..utils import autocast, count_parameters, eval_mode, seed_everything
 from . import data as sd
+from . import evaluation
 from .decoding import DecodeConfig, generate
-from .evaluation import rouge_scores
 from .model import Seq2SeqConfig, Seq2SeqTransformer
-from ..utils import autocast, count_parameters, eval_mode, progress, seed_everything
 
 DATASETS = ("dialogsum", "xsum-cs182")
 
@@ -141,7 +142,7 @@ def load_splits(cfg: TrainConfig) -> tuple[list[sd.SummaryExample], list[sd.Summ
 def make_tokenizer(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> Tokenizer:
     if cfg.tokenizer is not None:
         return sd.pretrained_tokenizer(cfg.tokenizer)
-    extra = sd.DIALOGSUM_SPEAKERS if cfg.data == "dialogsum" else ()
+    extra = sd.SPEAKER_TAGS if cfg.data == "dialogsum" else ()
     return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.vocab_size, extra_tokens=extra)
 
 
@@ -169,13 +170,6 @@ def load_trained(result: dict[str, Any]) -> tuple[Seq2SeqTransformer, Tokenizer]
 
 # ---------------------------------------------------------------------------------------------
 # training
-
-
-def _bar(show: bool | None, **kwargs):
-    """A progress bar: shown where :func:`dgmbook.utils.progress` decides, unless ``show`` says."""
-    if show is not None:
-        kwargs["disable"] = not show
-    return progress(**kwargs)
 
 
 def lr_factor(step: int, progress_fraction: float, warmup_steps: int) -> float:
@@ -285,7 +279,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         validation_seconds += time.perf_counter() - t0
 
     step, tokens, start, done = 0, 0, time.perf_counter(), False
-    bar = _bar(show_progress, total=max_steps, desc="training")
+    bar = sd.progress_bar(show_progress, total=max_steps, desc="training")
     epoch = 0
     while not done:
         for batch in train_enc.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
@@ -352,10 +346,8 @@ def summarize(
     device = next(model.parameters()).device
     out: list[str] = [""] * len(sources)
     order = sd.length_batches([len(s) for s in sources], batch_size, shuffle=False)
-    for idx in _bar(show_progress, iterable=order, desc="decoding"):
-        src = torch.full((len(idx), max(len(sources[i]) for i in idx)), pad, dtype=torch.long)
-        for row, i in enumerate(idx):
-            src[row, : len(sources[i])] = torch.tensor(sources[i])
+    for idx in sd.progress_bar(show_progress, iterable=order, desc="decoding"):
+        src = sd.pad_sequences([sources[i] for i in idx], pad)
         with autocast(bf16, device.type):
             gen = generate(model, src.to(device), **asdict(decode))
         for i, tokens in zip(idx, gen.tokens):
@@ -368,46 +360,13 @@ def evaluate(
     tokenizer: Tokenizer,
     examples: Sequence[sd.SummaryExample],
     decode: DecodeConfig = DecodeConfig(),
-    *,
-    max_source_len: int = 256,
-    batch_size: int = 32,
-    bf16: bool = False,
-    show_progress: bool | None = None,
+    **summarize_kwargs,
 ) -> dict[str, Any]:
-    """Summaries of ``examples`` and their ROUGE-1/2/L (F1 x 100) under both multi-reference
-    rules: ``{"rouge_max": {...}, "rouge_first": {...}, "predictions": [...],
-    "mean_words": average words per summary}``. With one reference per example the two agree."""
-    preds = summarize(model, tokenizer, [ex.document for ex in examples], decode,
-                      max_source_len=max_source_len, batch_size=batch_size, bf16=bf16,
-                      show_progress=show_progress)
-    refs = [ex.references for ex in examples]
-    return {
-        "rouge_max": rouge_scores(preds, refs, multi_ref="max"),
-        "rouge_first": rouge_scores(preds, refs, multi_ref="first"),
-        "predictions": preds,
-        "mean_words": sum(len(p.split()) for p in preds) / len(preds),
-    }
-
-
-def longest_token_run(tokenizer: Tokenizer, text: str) -> int:
-    """The most times one token follows itself in a row in ``text`` (1: no token repeated back
-    to back; 0: empty text). Degenerate outputs such as "the new new new job" score 3."""
-    tokens, best, run = tokenizer.encode(text).tokens, 0, 0
-    for i, tok in enumerate(tokens):
-        run = run + 1 if i > 0 and tok == tokens[i - 1] else 1
-        best = max(best, run)
-    return best
-
-
-def repetition_stats(tokenizer: Tokenizer, predictions: Sequence[str]) -> dict[str, Any]:
-    """How degenerate a set of summaries is: ``repeated`` (summaries with a token repeated back to
-    back), ``longest_run`` (the longest such run), ``distinct`` (different summaries) and ``n``."""
-    runs = [longest_token_run(tokenizer, p) for p in predictions]
-    return {"repeated": sum(r > 1 for r in runs), "longest_run": max(runs, default=0),
-            "distinct": len(set(predictions)), "n": len(predictions)}
-
-
-EXAMPLES_RECORDED = 25  # summaries of the first test examples kept in the full run's results file
+    """:func:`dgmbook.summarization.evaluation.evaluate` of this model's :func:`summarize`
+    (keyword arguments go to it): summaries, ROUGE under both multi-reference rules, words per
+    summary, seconds per example."""
+    system = functools.partial(summarize, model, tokenizer, decode=decode, **summarize_kwargs)
+    return evaluation.evaluate(system, examples)
 
 
 def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -418,7 +377,6 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     cfg = full_config()
     result = train(cfg, show_progress=progress)
     model, tokenizer = load_trained(result)
-    test, xsum = sd.load_dialogsum("test"), sd.load_xsum_sample()
     kw = dict(max_source_len=cfg.max_source_len, show_progress=progress)
     metrics: dict[str, Any] = {
         k: result[k]
@@ -430,15 +388,11 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     metrics["source_use"] = source_use(
         model, sd.encode_split(tokenizer, val, cfg.max_source_len, cfg.max_target_len), bf16=cfg.bf16
     )
-    for name, examples, decode in (
-        ("dialogsum_greedy", test, DecodeConfig()),
-        ("dialogsum_beam4", test, DecodeConfig(num_beams=4)),
-        ("xsum_beam4", xsum, DecodeConfig(num_beams=4)),
-    ):
-        scores = evaluate(model, tokenizer, examples, decode, **kw)
-        metrics[name] = {k: scores[k] for k in ("rouge_max", "rouge_first", "mean_words")}
-        metrics[name]["repetition"] = repetition_stats(tokenizer, scores["predictions"])
-        metrics[name]["examples"] = scores["predictions"][:EXAMPLES_RECORDED]
+
+    def system_for(decode: DecodeConfig) -> evaluation.System:
+        return functools.partial(summarize, model, tokenizer, decode=decode, **kw)
+
+    metrics.update(evaluation.full_run_evaluation(system_for, repetition_tokenizer=tokenizer))
     return asdict(cfg), metrics
 
 
