@@ -26,7 +26,7 @@ import argparse
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
 import torch
@@ -44,24 +44,21 @@ DATASETS = ("dialogsum", "xsum-cs182")
 
 @dataclass
 class TrainConfig:
+    """One training run: the data and its tokenizer, the model (one :class:`Seq2SeqConfig`), the
+    optimisation and its budget. The model's ``vocab_size`` is the size of the BPE vocabulary
+    trained on the training split; :func:`model_config` takes the vocabulary size and the special
+    token ids from the tokenizer, so a hub tokenizer brings its own."""
+
     # data
     data: str = "dialogsum"  # "dialogsum", or "xsum-cs182" (the course's subset, needs the hub)
     train_examples: int | None = None  # the first N training examples (None: all)
     val_examples: int | None = None  # the first N validation examples (None: all)
     tokenizer: str | None = None  # None: BPE trained on the training split; else a hub name
-    vocab_size: int = 8000
     max_source_len: int = 256  # tokens kept of each document, EOS included
     max_target_len: int = 64  # tokens kept of each summary, EOS included
-    # model
-    d_model: int = 256
-    n_heads: int = 4
-    n_enc_layers: int = 3
-    n_dec_layers: int = 3
-    d_ff: int = 1024
-    max_len: int = 512  # position table size: >= max_source_len and >= tokens ever generated
-    dropout: float = 0.1
-    positions: str = "learned"
-    init: str = "gpt2"  # "gpt2" or "xavier" (Seq2SeqTransformer._init_weights)
+    # the model; its max_len (the position table) must cover max_source_len, max_target_len and
+    # every token ever generated
+    model: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     # optimisation; training stops at the first budget reached (at least one must be set)
     epochs: float | None = None
     max_steps: int | None = None
@@ -82,11 +79,22 @@ class TrainConfig:
             raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
         if self.epochs is None and self.max_steps is None and self.minutes is None:
             raise ValueError("set a training budget: epochs, max_steps or minutes")
-        if self.max_len < max(self.max_source_len, self.max_target_len):
+        if self.model.max_len < max(self.max_source_len, self.max_target_len):
             raise ValueError(
-                f"max_len ({self.max_len}) must cover max_source_len ({self.max_source_len}) "
-                f"and max_target_len ({self.max_target_len})"
+                f"model.max_len ({self.model.max_len}) must cover max_source_len "
+                f"({self.max_source_len}) and max_target_len ({self.max_target_len})"
             )
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TrainConfig:
+        """The configuration that :func:`dataclasses.asdict` gave ``config`` (a run's ``config``,
+        a results file's), also from a results file recorded before the model's fields were
+        nested (``d_model``, ``init``, ``dropout`` ... at the top level)."""
+        config = dict(config)
+        model = dict(config.pop("model", {}))
+        model_fields = {f.name for f in fields(Seq2SeqConfig)}
+        model.update({k: config.pop(k) for k in list(config) if k in model_fields})
+        return cls(model=Seq2SeqConfig(**model), **config)
 
 
 def book_config() -> TrainConfig:
@@ -96,8 +104,8 @@ def book_config() -> TrainConfig:
     the same examples. A step budget, so the run is reproducible; 5-7 minutes on 2 cores.
     (With GPT-2's N(0, 0.02) initialisation the same budget learns a generic summary that
     ignores the dialogue: see the chapter's "Does it read the dialogue?")"""
-    return TrainConfig(init="xavier", max_steps=1000, batch_size=16, max_source_len=192,
-                       warmup_steps=100, dropout=0.0)
+    return TrainConfig(model=Seq2SeqConfig(init="xavier", dropout=0.0), max_steps=1000,
+                       batch_size=16, max_source_len=192, warmup_steps=100)
 
 
 def full_config() -> TrainConfig:
@@ -108,7 +116,8 @@ def full_config() -> TrainConfig:
     (12.8 epochs, 70-80 minutes on 2 cores; at most 80 minutes); the learning rate decays
     linearly to zero over that budget. (Dropout 0.2 at the same budget did worse: validation
     loss 3.52 against 3.49, greedy ROUGE-L 25.6 against 26.3; so did a 384-wide model.)"""
-    return TrainConfig(init="xavier", dropout=0.1, warmup_steps=400, max_steps=5000, minutes=80)
+    return TrainConfig(model=Seq2SeqConfig(init="xavier", dropout=0.1), warmup_steps=400,
+                       max_steps=5000, minutes=80)
 
 
 def course_config() -> TrainConfig:
@@ -117,7 +126,8 @@ def course_config() -> TrainConfig:
     Face hub (and, in practice, a GPU: ``device="cuda"``). The truncation lengths are ours."""
     return TrainConfig(
         data="xsum-cs182", tokenizer="t5-small", max_source_len=512, max_target_len=64,
-        d_model=512, n_heads=8, n_enc_layers=6, n_dec_layers=6, d_ff=2048, epochs=5,
+        model=Seq2SeqConfig(d_model=512, n_heads=8, n_enc_layers=6, n_dec_layers=6, d_ff=2048),
+        epochs=5,
     )
 
 
@@ -143,7 +153,7 @@ def make_tokenizer(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> Toke
     if cfg.tokenizer is not None:
         return sd.pretrained_tokenizer(cfg.tokenizer)
     extra = sd.SPEAKER_TAGS if cfg.data == "dialogsum" else ()
-    return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.vocab_size, extra_tokens=extra)
+    return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.model.vocab_size, extra_tokens=extra)
 
 
 def tokenizer_json(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> str:
@@ -152,13 +162,10 @@ def tokenizer_json(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> str:
 
 
 def model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> Seq2SeqConfig:
+    """``cfg.model`` with the tokenizer's vocabulary size and special token ids."""
     ids = sd.special_ids(tokenizer)
-    return Seq2SeqConfig(
-        vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
-        n_enc_layers=cfg.n_enc_layers, n_dec_layers=cfg.n_dec_layers, d_ff=cfg.d_ff,
-        max_len=cfg.max_len, dropout=cfg.dropout, pad_id=ids.pad, bos_id=ids.bos, eos_id=ids.eos,
-        positions=cfg.positions, init=cfg.init,
-    )
+    return replace(cfg.model, vocab_size=tokenizer.get_vocab_size(), pad_id=ids.pad,
+                   bos_id=ids.bos, eos_id=ids.eos)
 
 
 def load_trained(result: dict[str, Any]) -> tuple[Seq2SeqTransformer, Tokenizer]:
