@@ -34,13 +34,58 @@ def test_tokenizer_round_trip_specials_and_files(bpe, dialogsum, tmp_path):
         for text in (ex.document, *ex.references):
             ids = bpe.encode(text).ids
             assert bpe.token_to_id(sd.UNK) not in ids
-            assert bpe.decode(ids) == text
+            assert bpe.decode(ids) == sd.spaced_tags(text)  # the text itself where it has no tag
+    for ex in sd.load_xsum_sample()[:20]:
+        assert bpe.decode(bpe.encode(ex.document).ids) == ex.document
     assert bpe.encode("#Person2#: hi").tokens[0] == "#Person2#"  # one token, not four
     path = sd.save_tokenizer(bpe, tmp_path / "tok" / "bpe.json")
     again = sd.load_tokenizer(path)
     assert again.to_str() == bpe.to_str()
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         sd.load_tokenizer(tmp_path / "missing.json")
+
+
+def test_spaced_tags_by_hand():
+    """The whitespace before a speaker tag, or none, becomes one space; nothing else changes."""
+    assert sd.spaced_tags("tells #Person1# about") == "tells #Person1# about"
+    assert sd.spaced_tags("#Person1#: Hi.\n#Person2#: Hello.") == " #Person1#: Hi. #Person2#: Hello."
+    assert sd.spaced_tags("day.#Person1#  \t#Person2#'s") == "day. #Person1# #Person2#'s"
+    assert sd.spaced_tags("no  tags\nhere ") == "no  tags\nhere "
+    assert sd.spaced_tags("#Person8# is not a tag") == "#Person8# is not a tag"
+    assert sd.spaced_tags("a <x>", tags=("<x>",)) == "a <x>" and sd.spaced_tags("a", tags=()) == "a"
+
+
+def test_a_speaker_tag_takes_in_the_space_before_it(bpe, tmp_path):
+    """Speaker tags are single tokens with no space token in front: " #Person1#" is the id of
+    "#Person1#", so a doubled tag is one id twice in a row (what the no-immediate-repeat rule
+    sees), and decoding puts the spaces back."""
+    tag = bpe.token_to_id("#Person1#")
+    assert tag is not None and bpe.encode(" #Person1#").ids == [tag]
+    assert bpe.encode("\n#Person1#").ids == [tag]
+    assert bpe.encode("#Person1# #Person1#").ids == [tag, tag]
+    ids = bpe.encode("#Person2# tells #Person1# about #Person1#'s job.").ids
+    assert ids.count(tag) == 2 and bpe.token_to_id("\u0120") not in ids  # no lone space token
+    assert bpe.decode(ids) == " #Person2# tells #Person1# about #Person1#'s job."
+    assert bpe.decode(bpe.encode("tells #Person1# about").ids) == "tells #Person1# about"
+    again = sd.load_tokenizer(sd.save_tokenizer(bpe, tmp_path / "bpe.json"))  # as the cache keeps it
+    assert again.encode("#Person1# #Person1#").ids == [tag, tag]
+    assert again.decode(bpe.encode("tells #Person1# about").ids) == "tells #Person1# about"
+
+
+def test_real_summaries_round_trip(bpe, dialogsum):
+    """Every reference summary of DialogSum's validation and test splits decodes back to itself,
+    up to the spacing in front of its speaker tags (spaced_tags), and stripped as summarize
+    strips a generated summary, to itself wherever one space stood before each tag."""
+    summaries = [r for split in ("validation", "test") for ex in dialogsum[split] for r in ex.references]
+    assert len(summaries) == 2000
+    encodings = bpe.encode_batch(summaries, add_special_tokens=False)
+    decoded = bpe.decode_batch([e.ids for e in encodings], skip_special_tokens=True)
+    assert all(d == sd.spaced_tags(s) for s, d in zip(summaries, decoded))
+    exact = sum(d.strip() == s for s, d in zip(summaries, decoded))
+    assert exact >= 0.99 * len(summaries)  # DialogSum writes one space before a tag, nearly always
+    tags = set(sd.SPEAKER_TAGS)
+    assert all(not any(t == "Ġ" and n.lstrip() in tags for t, n in zip(e.tokens, e.tokens[1:]))
+               for e in encodings)  # never a space token right before a tag
 
 
 def test_tokenizer_training_is_deterministic(dialogsum):

@@ -91,6 +91,16 @@ def test_repetition_statistics(bpe):
     assert evaluation.longest_token_run(bpe, "the new new new job") == 3
     stats = evaluation.repetition_stats(bpe, ["the new new job", "a job", "a job"])
     assert stats == {"repeated": 1, "longest_run": 2, "distinct": 2, "n": 3}
+    # a doubled speaker tag is one token twice (the tag takes in the space in front of it)
+    assert evaluation.longest_token_run(bpe, "#Person1# #Person1# meet") == 2
+    assert evaluation.longest_token_run(bpe, "they meet #Person1# #Person1#") == 2
+
+
+def test_doubled_words():
+    summaries = ["the new new job", "#Person1# #Person1# talk", "#Person2# tells #Person1#",
+                 "a word,word", "done. done.", "#Person1# #Person1#'s"]
+    assert evaluation.doubled_words(summaries) == {"word": 3, "speaker_tag": 1}
+    assert evaluation.doubled_words([]) == {"word": 0, "speaker_tag": 0}
 
 
 def test_full_run_evaluation(monkeypatch, bpe):

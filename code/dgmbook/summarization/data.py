@@ -18,8 +18,9 @@ Tokens and batches
 ------------------
 ``train_tokenizer`` trains a byte-level BPE (GPT-2/BART style: lossless round trip, no unknown
 characters) with the special tokens ``<pad> <s> </s> <unk>`` = ids 0, 1, 2, 3; DialogSum's speaker
-tags (``#Person1#`` ...) can be kept whole as extra tokens. ``encode_split`` turns examples into
-id lists with stated truncation (the book uses 256 source and 64 target tokens)::
+tags (``#Person1#`` ...) can be kept whole as extra tokens, each with the whitespace in front of
+it (decoded as one space: :func:`spaced_tags`). ``encode_split`` turns examples into id lists
+with stated truncation (the book uses 256 source and 64 target tokens)::
 
     source = document ids[: max_source_len - 1] + [EOS]          (encoder input)
     target = summary  ids[: max_target_len - 1] + [EOS]          (first reference)
@@ -34,12 +35,13 @@ padding is small while batches stay random. Every example lands in exactly one b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..data import dataset_file, read_jsonl
 from ..utils import progress
@@ -180,7 +182,12 @@ def train_tokenizer(
     Byte-level: the 256 byte symbols are in the initial alphabet, so every string is encoded
     without ``<unk>`` and ``decode(encode(s).ids) == s``. ``extra_tokens`` are whole strings kept
     as one token each (the last ids), e.g. DialogSum's speaker tags :data:`SPEAKER_TAGS`,
-    which BPE would otherwise split into four pieces (``# Person 1 #``)."""
+    which BPE would otherwise split into four pieces (``# Person 1 #``). An extra token absorbs
+    the whitespace in front of it: ``" #Person1#"`` is the one token ``#Person1#``, not a space
+    token and the tag, so that "#Person1# #Person1#" is one token twice in a row, which the
+    no-immediate-repeat rule of :mod:`.decoding` forbids. Decoding writes one space in front of
+    each extra token, so ``decode(encode(s).ids) == spaced_tags(s, extra_tokens)``
+    (:func:`spaced_tags`): the whitespace before an extra token becomes one space."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -192,8 +199,22 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    tokenizer.add_tokens(list(extra_tokens))
+    if extra_tokens:
+        tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=False) for t in extra_tokens])
+        # "Ġ" is the byte-level alphabet's space: the decoder turns it into " " with the rest
+        spaced = [decoders.Replace(t, "\u0120" + t) for t in extra_tokens]
+        tokenizer.decoder = decoders.Sequence([*spaced, decoders.ByteLevel()])
     return tokenizer
+
+
+def spaced_tags(text: str, tags: Sequence[str] = SPEAKER_TAGS) -> str:
+    """``text`` with the whitespace before each of ``tags`` (or none) made one space: what a
+    tokenizer from :func:`train_tokenizer` with ``tags`` as extra tokens decodes ``text`` to (a
+    tag that starts the text, too, gets a space in front). Everything else is left as it is."""
+    if not tags:
+        return text
+    tag = "|".join(map(re.escape, tags))
+    return re.sub(rf"(?:\s+|(?<!\s))(?={tag})", " ", text)
 
 
 def tokenizer_texts(examples: Iterable[SummaryExample]) -> Iterator[str]:

@@ -24,10 +24,17 @@ that all three fill the same table; each system's module has an ``evaluate`` tha
 an evaluation by that system's code). :func:`full_run_evaluation` is what a recorded full run
 (``python -m dgmbook full ...``) evaluates: DialogSum's test set greedily and with 4 beams, and
 the XSum sample with 4 beams.
+
+Repetition
+----------
+How degenerate a set of summaries is: :func:`repetition_stats` counts the summaries in which a
+token follows itself (re-tokenized by the model's tokenizer) and the different summaries;
+:func:`doubled_words` counts the summaries that write a word, or a speaker tag, twice in a row.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -119,10 +126,11 @@ def evaluate(system: System, examples: Sequence[SummaryExample]) -> dict[str, An
 
 def longest_token_run(tokenizer: Tokenizer, text: str) -> int:
     """The most times one token follows itself in a row in ``text`` (1: no token repeated back
-    to back; 0: empty text). Degenerate outputs such as "the new new new job" score 3."""
-    tokens, best, run = tokenizer.encode(text).tokens, 0, 0
-    for i, tok in enumerate(tokens):
-        run = run + 1 if i > 0 and tok == tokens[i - 1] else 1
+    to back; 0: empty text). Degenerate outputs such as "the new new new job" score 3. Tokens
+    are compared by id (a speaker tag's token text includes the space it absorbed, or not)."""
+    ids, best, run = tokenizer.encode(text).ids, 0, 0
+    for i, tok in enumerate(ids):
+        run = run + 1 if i > 0 and tok == ids[i - 1] else 1
         best = max(best, run)
     return best
 
@@ -133,6 +141,18 @@ def repetition_stats(tokenizer: Tokenizer, predictions: Sequence[str]) -> dict[s
     runs = [longest_token_run(tokenizer, p) for p in predictions]
     return {"repeated": sum(r > 1 for r in runs), "longest_run": max(runs, default=0),
             "distinct": len(set(predictions)), "n": len(predictions)}
+
+
+_DOUBLED_WORD = re.compile(r"(?<!\S)(\S+) \1(?!\S)")  # a word, a space, the same word
+_DOUBLED_TAG = re.compile(r"(#Person\d+#) \1(?!\S)")  # a speaker tag, a space, the same tag
+
+
+def doubled_words(predictions: Sequence[str]) -> dict[str, int]:
+    """How many of the summaries write a word twice in a row, separated by one space ("the new
+    new job": ``word``), and how many of them a speaker tag ("#Person1# #Person1#":
+    ``speaker_tag``). Words are what lies between spaces, punctuation included."""
+    return {"word": sum(bool(_DOUBLED_WORD.search(p)) for p in predictions),
+            "speaker_tag": sum(bool(_DOUBLED_TAG.search(p)) for p in predictions)}
 
 
 # ---------------------------------------------------------------------------------------------
