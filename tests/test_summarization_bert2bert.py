@@ -1,5 +1,6 @@
-"""Fine-tuning pretrained encoder-decoders (dgmbook.summarization.bert2bert): BERT2BERT from the MiniLM
-checkpoint, the T5 code path with a tiny random T5, optimizers and their state, generation."""
+"""Fine-tuning pretrained encoder-decoders (dgmbook.summarization.bert2bert): BERT2BERT from the
+MiniLM checkpoint, the T5 code path with a tiny random T5, optimizers and their state,
+generation."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Summarization data: loaders, the BPE tokenizer, encoding with truncation, batching by length,
-and the index handling of the course's XSum subset."""
+"""Summarization data (dgmbook.summarization.data): loaders, the BPE tokenizer and its speaker tags
+(one token each, with the space before them), encoding with truncation, batching by length,
+padding, and the index handling of the course's XSum subset."""
 
 import sys
 

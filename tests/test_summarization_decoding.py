@@ -1,5 +1,5 @@
 """Greedy and beam search: cache vs no cache, beam 1 vs greedy, a wide beam vs exhaustive search,
-length limits, EOS handling and the n-gram rule that stops repetition."""
+length limits, EOS handling, DecodeConfig and the repetition rules (n-gram, immediate repeat)."""
 
 import itertools
 

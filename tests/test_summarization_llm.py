@@ -1,12 +1,11 @@
-"""Prompting SmolLM2-135M-Instruct (dgmbook.summarization.llm): templates, post-processing, offline loading and
-deterministic summaries."""
+"""Prompting SmolLM2-135M-Instruct (dgmbook.summarization.llm): templates, post-processing,
+offline loading, deterministic summaries and their evaluation."""
 
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
-import torch
 
 from dgmbook.summarization import llm
 from dgmbook.summarization.data import SummaryExample

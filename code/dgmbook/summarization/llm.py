@@ -10,7 +10,8 @@ A prompt template turns a document into the user's message; the tokenizer's chat
 it in ``<|im_start|>user ... <|im_end|>`` turns (with the model's default system message unless
 the template brings its own) and opens the assistant's turn. Decoding is greedy (deterministic)
 with a cap on new tokens; prompts are batched with left padding, sorted by length. Outputs are
-stripped and, optionally, cut to their first sentence.
+stripped and, optionally, cut to their first sentence. :func:`evaluate` scores the prompted model
+with the evaluation loop every system shares (:func:`dgmbook.summarization.evaluation.evaluate`).
 """
 
 from __future__ import annotations

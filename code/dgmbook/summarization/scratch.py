@@ -11,8 +11,10 @@
 
 It returns a plain dict that :func:`torch.save` stores (so the chapter runs it through
 :func:`dgmbook.runcache.cached`): the configurations, the state dict, the tokenizer as a JSON
-string and the curves. :func:`load_trained` rebuilds the model and tokenizer from it, and
-:func:`evaluate` decodes a split and scores it with ROUGE under both multi-reference rules.
+string and the curves. :func:`load_trained` rebuilds the model and tokenizer from it,
+:func:`summarize` decodes documents (:mod:`.decoding`), and :func:`evaluate` scores them with the
+evaluation loop every system shares (:func:`dgmbook.summarization.evaluation.evaluate`).
+:func:`full_experiment` is the recorded full run.
 
 A budget in minutes makes a run depend on the machine's speed; the book's run
 (:func:`book_config`) counts steps, so that it is reproducible. From the command line::
