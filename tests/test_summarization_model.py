@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dgmbook.seq2seq import (
+from dgmbook.summarization.model import (
     DecoderLayer,
     EncoderLayer,
     MultiHeadAttention,
@@ -15,6 +15,8 @@ from dgmbook.seq2seq import (
 )
 
 D, H, FF = 32, 4, 64
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kw) -> Seq2SeqConfig:
@@ -189,6 +191,25 @@ def test_output_projection_is_tied_and_loss_ignores_padding():
         real = tgt_out != 0
         expected = -logp.gather(2, tgt_out[:, :, None])[:, :, 0][real].mean()
         torch.testing.assert_close(model.loss(src, tgt_in, tgt_out), expected)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_embeddings_are_tokens_plus_positions(positions):
+    """embed_source and embed_target: the token embedding plus the encoder's or the decoder's
+    position rows (from ``offset`` on for the decoder), what the first layers receive."""
+    model = tiny_model(positions=positions)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    with torch.no_grad():
+        tokens = model.tok_emb(ids)
+        if positions == "learned":
+            enc, dec = model.enc_pos.weight[:3], model.dec_pos.weight[4:7]
+            assert not torch.equal(enc, model.dec_pos.weight[:3])  # two tables
+        else:
+            enc, dec = model.sinusoids[:3], model.sinusoids[4:7]
+        torch.testing.assert_close(model.embed_source(ids), tokens + enc)
+        torch.testing.assert_close(model.embed_target(ids, offset=4), tokens + dec)
+        with pytest.raises(ValueError, match="max_len"):
+            model.embed_target(ids, offset=38)
 
 
 def test_sinusoidal_table_and_config_checks():

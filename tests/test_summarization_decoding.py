@@ -1,15 +1,26 @@
 """Greedy and beam search: cache vs no cache, beam 1 vs greedy, a wide beam vs exhaustive search,
-length limits, EOS handling and the n-gram rule that stops repetition."""
+length limits, EOS handling, DecodeConfig and the repetition rules (n-gram, immediate repeat)."""
 
 import itertools
 
 import pytest
 import torch
 
-from dgmbook.decoding import banned_ngram_mask, beam_search, generate, greedy_search, sequence_logprobs
-from dgmbook.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from dgmbook.summarization.decoding import (
+    DecodeConfig,
+    ban_immediate_repeat,
+    ban_repeated_ngrams,
+    banned_ngram_mask,
+    beam_search,
+    generate,
+    greedy_search,
+    sequence_logprobs,
+)
+from dgmbook.summarization.model import Seq2SeqConfig, Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 1, 2
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_model(vocab_size: int, steps: int, seed: int = 0) -> Seq2SeqTransformer:
@@ -154,6 +165,32 @@ def test_banned_ngram_mask_by_hand():
     assert not mask[1].any()
     assert banned_ngram_mask(generated, 1, 10)[1].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
     assert not banned_ngram_mask(generated[:, :2], 3, 10).any()
+
+
+def test_repetition_rules_by_hand():
+    """The rules as functions of (scores, generated): what our searches and hf.DecodingRule apply."""
+    scores = torch.zeros(2, 10)
+    generated = torch.tensor([[5, 6, 7, 5, 6], [5, 6, 7, 8, 9]])
+    out = ban_repeated_ngrams(scores, generated, 3)
+    assert out[0].isinf().nonzero().flatten().tolist() == [7] and not out[1].isinf().any()
+    torch.testing.assert_close(out, scores.masked_fill(banned_ngram_mask(generated, 3, 10), -float("inf")))
+    out = ban_immediate_repeat(scores, generated)
+    assert out.isinf().nonzero().tolist() == [[0, 6], [1, 9]]
+    assert torch.equal(ban_immediate_repeat(scores, generated[:, :0]), scores)  # nothing yet
+    assert not scores.isinf().any()  # the scores given are left as they were
+
+
+def test_decode_config_drives_generate(reverser):
+    """DecodeConfig's fields are generate's keyword arguments; the default bans immediate repeats
+    and repeated trigrams."""
+    from dataclasses import asdict
+
+    decode = DecodeConfig()
+    assert (decode.num_beams, decode.no_repeat_ngram_size, decode.no_immediate_repeat) == (1, 3, True)
+    src = sources([5, 3])
+    out = generate(reverser, src, **asdict(DecodeConfig(num_beams=2, max_new_tokens=8)))
+    assert out.tokens == generate(reverser, src, num_beams=2, max_new_tokens=8,
+                                  no_repeat_ngram_size=3, no_immediate_repeat=True).tokens
 
 
 def repetitive_model() -> Seq2SeqTransformer:

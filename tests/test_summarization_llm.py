@@ -1,15 +1,14 @@
-"""Prompting SmolLM2-135M-Instruct (dgmbook.llm): templates, post-processing, offline loading and
-deterministic summaries."""
+"""Prompting SmolLM2-135M-Instruct (dgmbook.summarization.llm): templates, post-processing,
+offline loading, deterministic summaries and their evaluation."""
 
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
-import torch
 
-from dgmbook import llm
-from dgmbook.summ_data import SummaryExample
+from dgmbook.summarization import llm
+from dgmbook.summarization.data import SummaryExample
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec(llm.SMOLLM2_PACKAGE) is None,
@@ -94,3 +93,16 @@ def test_smollm2_summarizes_deterministically():
     assert len(batched) == 2 and all(batched)
     assert once[0] and once == twice  # greedy decoding: the same summary every time
     assert len(tokenizer(once[0])["input_ids"]) <= 24 + 1
+
+
+@needs_smollm2
+def test_evaluate_scores_the_prompted_model():
+    """The shared evaluation loop with SmolLM2 as the system: as many summaries as examples, the
+    same as summarize gives, and ROUGE against their references."""
+    examples = [SummaryExample("t", TEXT, ("#Person1# books a table for two at seven.",)),
+                SummaryExample("s", "Short.", ("Short.",))]
+    scores = llm.evaluate(examples, llm.ONE_SENTENCE, max_new_tokens=16, batch_size=2)
+    assert scores["predictions"] == llm.summarize([ex.document for ex in examples], llm.ONE_SENTENCE,
+                                                  max_new_tokens=16, batch_size=2)
+    assert set(scores["rouge_first"]) == {"rouge1", "rouge2", "rougeL"}
+    assert scores["seconds_per_example"] > 0

@@ -255,7 +255,7 @@ class DecoderLayer(nn.Module):
 
 class Seq2SeqTransformer(nn.Module):
     """The encoder-decoder. ``forward(src, tgt_in)`` gives teacher-forced logits; generation uses
-    :meth:`encode`, :meth:`init_cache` and :meth:`decode_step` (see :mod:`dgmbook.decoding`)."""
+    :meth:`encode`, :meth:`init_cache` and :meth:`decode_step` (see :mod:`dgmbook.summarization.decoding`)."""
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
@@ -316,6 +316,15 @@ class Seq2SeqTransformer(nn.Module):
             pe = self.sinusoids[offset : offset + T]  # [T, D]
         return self.emb_dropout(self.tok_emb(ids) + pe)  # [B, T, D]
 
+    def embed_source(self, src: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: token + position embeddings of ``src`` [B, S] -> [B, S, D]."""
+        return self._embed(src, 0, "enc_pos")
+
+    def embed_target(self, tgt_in: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """The decoder's input: token + position embeddings of ``tgt_in`` [B, T] at positions
+        ``offset .. offset+T-1`` -> [B, T, D] (what the first decoder layer receives)."""
+        return self._embed(tgt_in, offset, "dec_pos")
+
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
         """bool [B, 1, 1, S]: True at real source tokens, False at padding."""
         return (src != self.cfg.pad_id)[:, None, None, :]
@@ -323,14 +332,14 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``src`` int64 [B, S] (right-padded) -> (memory [B, S, D], src_keep bool [B, 1, 1, S])."""
         src_keep = self.source_mask(src)
-        x = self._embed(src, 0, "enc_pos")
+        x = self.embed_source(src)
         for layer in self.encoder:
             x = layer(x, src_keep)
         return self.enc_norm(x), src_keep
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
         """Teacher forcing, no cache: decoder inputs [B, T] -> final hidden states [B, T, D]."""
-        y = self._embed(tgt_in, 0, "dec_pos")
+        y = self.embed_target(tgt_in)
         for layer in self.decoder:
             y = layer(y, layer.cross_attn.project_kv(memory), src_keep)
         return self.dec_norm(y)
@@ -371,7 +380,7 @@ class Seq2SeqTransformer(nn.Module):
         """Feed ``tokens`` [B, T] (usually T = 1) at the next positions; return their logits
         [B, T, V] and append their keys and values to ``cache``."""
         past = cache.length
-        y = self._embed(tokens, past, "dec_pos")  # [B, T, D]
+        y = self.embed_target(tokens, past)  # [B, T, D]
         for layer, kv in zip(self.decoder, cache.layers):
             y = layer(y, (kv.cross_k, kv.cross_v), cache.src_keep, kv, past)
         cache.length = past + tokens.shape[1]

