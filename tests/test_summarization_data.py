@@ -146,9 +146,13 @@ def test_batching_is_deterministic_per_seed_and_epoch():
 
 
 def test_pad_sequences_and_progress_bar():
-    padded = sd.pad_sequences([[5, 6, 7], [8], [9, 10]], -1)
+    padded = sd.pad_sequences([[5, 6, 7], [8], [9, 10]], -1, multiple=1)
     assert padded.dtype == torch.long
     assert padded.tolist() == [[5, 6, 7], [8, -1, -1], [9, 10, -1]]
+    # by default the length is rounded up to a multiple of 32: few shapes for the CPU kernels
+    rounded = sd.pad_sequences([[5] * 33, [8]], 0)
+    assert rounded.shape == (2, 64) and rounded[0, :33].tolist() == [5] * 33
+    assert rounded[0, 33:].eq(0).all() and sd.pad_sequences([[1] * 32], 0).shape == (1, 32)
     assert sd.progress_bar(False, total=3).disable and not sd.progress_bar(True, total=3).disable
     assert list(sd.progress_bar(None, iterable=[1, 2])) == [1, 2]
 

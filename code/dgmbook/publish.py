@@ -242,6 +242,26 @@ def wait_for_mathjax(driver, timeout: float = 60) -> None:
         ": false"))
 
 
+def uncached_chapters(root: Path) -> list[str]:
+    """The chapters whose current code the book build's execution cache lacks (read as myst-nb
+    reads them), i.e. those that another Jupyter Book build would execute."""
+    from jupyter_cache import get_cache
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    cache_path = root / "_build" / ".jupyter_cache"
+    if not cache_path.exists():
+        return [c.stem for c in chapters(root)]
+    cache = get_cache(str(cache_path))
+    missing = []
+    for chapter in chapters(root):
+        nb = read_myst_markdown_notebook(chapter.read_text(encoding="utf-8"), path=chapter)
+        try:
+            cache.match_cache_notebook(nb)
+        except KeyError:
+            missing.append(chapter.stem)
+    return missing
+
+
 def build_pdf(root: Path, target: Path | None = None) -> Path:
     """The whole book as one PDF: Jupyter Book's ``singlehtml`` builder (it reuses the execution
     cache, so no chapter runs again), printed by headless Chromium once MathJax has typeset.
@@ -250,6 +270,12 @@ def build_pdf(root: Path, target: Path | None = None) -> Path:
     builder drives the browser that Playwright downloads, which offers no way to use another."""
     import base64
 
+    missing = uncached_chapters(root)
+    if missing:
+        raise RuntimeError(
+            f"the execution cache has no current run of {', '.join(missing)}: build the HTML book "
+            "first (jupyter-book build --all -W -n --keep-going .); the PDF reuses its execution "
+            "and never runs a chapter itself")
     jb = Path(sys.executable).with_name("jupyter-book")
     proc = subprocess.run([str(jb), "build", "--builder", "singlehtml", str(root)],
                           capture_output=True, text=True)

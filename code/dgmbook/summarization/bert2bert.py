@@ -63,6 +63,7 @@ from . import evaluation
 from .data import (
     SPEAKER_TAGS,
     SummaryExample,
+    chunked,
     length_batches,
     load_dialogsum,
     pad_sequences,
@@ -196,7 +197,8 @@ def encode_sources(
     """``prefix + document`` tokenized with the tokenizer's special tokens (BERT:
     ``[CLS] ... [SEP]``, T5: ``... </s>``), cut to ``max_len`` tokens."""
     texts = [prefix + d for d in documents]
-    return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+    return [ids for chunk in chunked(texts)
+            for ids in tokenizer(list(chunk), truncation=True, max_length=max_len)["input_ids"]]
 
 
 def encode(
@@ -212,7 +214,8 @@ def encode(
     if max_target_len < 2:
         raise ValueError(f"max_target_len must be at least 2 (one token and EOS), got {max_target_len}")
     refs = [ex.references[0] for ex in examples]
-    target_ids = tokenizer(refs, add_special_tokens=False)["input_ids"]
+    target_ids = [ids for chunk in chunked(refs)
+                  for ids in tokenizer(list(chunk), add_special_tokens=False)["input_ids"]]
     return Encoded(
         sources=encode_sources(tokenizer, [ex.document for ex in examples], max_source_len, prefix),
         targets=[t[: max_target_len - 1] + [eos_id] for t in target_ids],

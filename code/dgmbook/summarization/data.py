@@ -286,9 +286,31 @@ class Batch:
         return len(self.index)
 
 
-def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    """int64 [len(seqs), longest]: the sequences as rows, right-padded with ``value``."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+LENGTH_MULTIPLE = 32
+ENCODE_CHUNK = 512
+
+
+def chunked(items: Sequence, size: int = ENCODE_CHUNK) -> Iterator[Sequence]:
+    """``items`` in consecutive slices of ``size``. Tokenizers return an ``Encoding`` object per
+    text (tokens, offsets, masks): for all 12,460 training dialogues at once that is about half a
+    gigabyte held at the same time, when only the ids are kept."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int,
+                  multiple: int = LENGTH_MULTIPLE) -> torch.Tensor:
+    """int64 [len(seqs), L]: the sequences as rows, right-padded with ``value`` to the longest
+    one's length rounded up to a multiple of ``multiple``.
+
+    Why round: the CPU's math library (oneDNN) compiles and caches kernels per tensor shape, and
+    length-bucketed batches have hundreds of distinct lengths. With exact lengths a from-scratch
+    training run grew by about 15 MB a step (2.2 GiB after 20 steps, 3.6 GiB after 160, on the
+    way past Binder's 2 GiB); rounded to 32 it stays at 1.8 GiB and steps are about 10% faster.
+    Padding is masked everywhere, so only the shapes change."""
+    longest = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), -(-longest // multiple) * multiple), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
@@ -374,8 +396,12 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> li
     if max_len < 2:
         raise ValueError(f"max_len must be at least 2 (one token and EOS), got {max_len}")
     eos = special_ids(tokenizer).eos
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    return [enc.ids[: max_len - 1] + [eos] for enc in encodings]
+    texts = list(texts)
+    out = []
+    for chunk in chunked(texts):
+        encodings = tokenizer.encode_batch(chunk, add_special_tokens=False)
+        out += [enc.ids[: max_len - 1] + [eos] for enc in encodings]
+    return out
 
 
 def encode_split(
