@@ -112,3 +112,24 @@ def test_source_use_sees_whether_the_document_matters():
         torch.nn.init.zeros_(layer.cross_attn.out_proj.weight)
         torch.nn.init.zeros_(layer.cross_attn.out_proj.bias)
     assert S.source_use(model, split, batch_size=16)["gain"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_rouge_curve_is_taken_every_so_many_examples():
+    """Before training, at every ``curve_every`` examples and at the end: the examples seen, the
+    training seconds so far (evaluations not counted) and ROUGE on the first ``curve_rouge``
+    validation dialogues."""
+    from dgmbook.summarization import model as M
+    from dgmbook.summarization import scratch
+
+    cfg = scratch.TrainConfig(
+        train_examples=48, val_examples=6, max_steps=5, batch_size=8, max_source_len=64,
+        max_target_len=16, warmup_steps=1, curve_every=16, curve_rouge=3,
+        model=M.Seq2SeqConfig(vocab_size=8000, d_model=32, n_heads=2, n_enc_layers=1,
+                              n_dec_layers=1, d_ff=64, max_len=96))
+    run = scratch.train(cfg)
+    curve = run["rouge_curve"]
+    assert curve["examples"] == [0, 16, 32, 40] and run["examples_seen"] == 40
+    assert curve["seconds"][0] >= 0 and curve["seconds"] == sorted(curve["seconds"])
+    assert all(0 <= v <= 100 for k in ("rouge1", "rouge2", "rougeL") for v in curve[k])
+    with pytest.raises(ValueError, match="curve_every"):
+        scratch.TrainConfig(max_steps=1, curve_rouge=3)

@@ -38,6 +38,7 @@ from tokenizers import Tokenizer
 from ..utils import autocast, count_parameters, eval_mode, seed_everything
 from . import data as sd
 from . import evaluation
+from .evaluation import ROUGE_TYPES
 from .decoding import DecodeConfig, generate
 from .model import Seq2SeqConfig, Seq2SeqTransformer
 
@@ -75,12 +76,19 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast: 1.7x the fp32 training tokens/s here (bench_seq2seq.py)
     seed: int = 0
     device: str = "cpu"
+    # a ROUGE learning curve, as BERT2BERT's (bert2bert.FinetuneConfig): every ``curve_every``
+    # training examples (and before training), greedy summaries of the first ``curve_rouge``
+    # validation dialogues scored against their first reference; 0: no curve
+    curve_every: int = 0
+    curve_rouge: int = 0
 
     def __post_init__(self) -> None:
         if self.data not in DATASETS:
             raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
         if self.epochs is None and self.max_steps is None and self.minutes is None:
             raise ValueError("set a training budget: epochs, max_steps or minutes")
+        if self.curve_rouge and self.curve_every < 1:
+            raise ValueError("curve_rouge needs curve_every: the examples between curve points")
         if self.model.max_len < max(self.max_source_len, self.max_target_len):
             raise ValueError(
                 f"model.max_len ({self.model.max_len}) must cover max_source_len "
@@ -276,6 +284,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
 
     curve_names = ("step", "train_loss", "lr", "val_step", "val_epoch", "val_loss")
     curves: dict[str, list[float]] = {k: [] for k in curve_names}
+    rouge_curve: dict[str, list[float]] = {k: [] for k in ("examples", "seconds", *ROUGE_TYPES)}
+    rouge_examples = val_ex[: cfg.curve_rouge]
 
     validation_seconds = 0.0
 
@@ -287,7 +297,26 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         curves["val_loss"].append(validation_loss(model, val_enc, bf16=cfg.bf16, device=cfg.device))
         validation_seconds += time.perf_counter() - t0
 
+    def record_rouge(examples: int) -> None:
+        """A point of the ROUGE curve: training seconds so far (evaluations not counted)."""
+        nonlocal validation_seconds
+        t0 = time.perf_counter()
+        train_seconds = t0 - start - validation_seconds
+        with eval_mode(model):
+            preds = summarize(model, tokenizer, [e.document for e in rouge_examples],
+                              max_source_len=cfg.max_source_len)
+        scores = evaluation.rouge_scores(preds, [e.references for e in rouge_examples],
+                                         multi_ref="first")
+        rouge_curve["examples"].append(examples)
+        rouge_curve["seconds"].append(train_seconds)
+        for k in ROUGE_TYPES:
+            rouge_curve[k].append(scores[k])
+        validation_seconds += time.perf_counter() - t0
+
     step, tokens, start, done = 0, 0, time.perf_counter(), False
+    seen = 0  # training examples
+    if rouge_examples:
+        record_rouge(0)
     bar = sd.progress_bar(show_progress, total=max_steps, desc="training")
     epoch = 0
     while not done:
@@ -303,7 +332,10 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
+            seen += len(batch.src)
             tokens += int((batch.src != model.cfg.pad_id).sum() + (batch.tgt_out != model.cfg.pad_id).sum())
+            if rouge_examples and seen // cfg.curve_every > (seen - len(batch.src)) // cfg.curve_every:
+                record_rouge(seen)
             curves["step"].append(step)
             curves["train_loss"].append(ce.item())
             curves["lr"].append(lr)
@@ -316,6 +348,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         if not done:
             record_validation(step)
     record_validation(step)
+    if rouge_examples and rouge_curve["examples"][-1] != seen:
+        record_rouge(seen)
     bar.close()
     seconds = time.perf_counter() - start
     return {
@@ -324,6 +358,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "tokenizer": tokenizer.to_str(),
         "curves": curves,
+        "rouge_curve": rouge_curve,
+        "examples_seen": seen,
         "steps": step,
         "epochs": step / steps_per_epoch,
         "parameters": count_parameters(model),
