@@ -18,8 +18,12 @@ def main(path: str, memory: str | None = None) -> int:
         for rec in Path(memory).glob("*.json"):
             peaks[rec.stem] = json.loads(rec.read_text())["peak_bytes"]
     print("time and peak memory per chapter (book build; memory: the kernel and its workers):")
-    for rec in sorted(cache.list_cache_records(), key=lambda r: Path(r.uri).name):
+    latest = {}  # a cache that saw several builds keeps a record per version of a chapter
+    for rec in cache.list_cache_records():
         name = Path(rec.uri).stem
+        if name not in latest or rec.created > latest[name].created:
+            latest[name] = rec
+    for name, rec in sorted(latest.items()):
         secs = (rec.data or {}).get("execution_seconds")
         time_txt = f"{secs:8.1f} s" if secs is not None else "       ? s"
         mem_txt = f"{peaks[name] / 2**30:6.2f} GiB" if name in peaks else "     ? GiB"

@@ -278,3 +278,16 @@ def test_run_many_in_processes_matches_one_process():
             assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
         assert torch.equal(a["curves"]["nelbo"], b["curves"]["nelbo"])
     assert not torch.equal(serial[0]["state_dict"]["dec.net.4.bias"], serial[1]["state_dict"]["dec.net.4.bias"])
+
+
+def test_evaluate_bound_equals_the_bound_of_the_repeated_images():
+    """Chunked without building x.repeat(repeats, 1): the same rows, the same random draws."""
+    model = tiny_model()
+    x = torch.bernoulli(torch.full((7, 784), 0.3), generator=torch.Generator().manual_seed(1))
+    got = vae.evaluate_bound(model, x, repeats=5, seed=3, rows_per_batch=4)
+    torch.manual_seed(3)
+    xs, want = x.repeat(5, 1), torch.zeros(3, dtype=torch.float64)
+    for chunk in xs.split(4):
+        want += torch.stack(model.negative_elbo_bound(chunk)).double() * chunk.shape[0]
+    want /= xs.shape[0]
+    assert [got[k] for k in ("nelbo", "kl", "rec")] == pytest.approx(want.tolist(), rel=1e-12)
