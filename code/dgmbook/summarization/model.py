@@ -211,6 +211,24 @@ def _matmul_dtype(device: torch.device, param_dtype: torch.dtype) -> torch.dtype
     return param_dtype
 
 
+def _attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, sdpa: bool
+) -> torch.Tensor:
+    """Attention of one query per row and head, ``q`` [B, H, Dh] already scaled by 1/sqrt(Dh),
+    to ``k``, ``v`` [B, H, S, Dh] (the last two dims contiguous), ``bias`` [B, H, 1, S] added to
+    the scores (or None): the output [B, H*Dh], heads side by side."""
+    B, H, S, Dh = k.shape
+    if sdpa:
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=bias, scale=1.0)
+        return out.view(B, H * Dh)
+    q, k, v = q.reshape(B * H, 1, Dh), k.flatten(0, 1), v.flatten(0, 1)  # views where they can be
+    if bias is None:
+        scores = torch.bmm(q, k.transpose(1, 2))  # [B*H, 1, S]
+    else:
+        scores = torch.baddbmm(bias.view(B * H, 1, S), q, k.transpose(1, 2))
+    return torch.bmm(scores.softmax(-1), v).view(B, H * Dh)
+
+
 @dataclass
 class StepWeights:
     """One decoder layer's weights laid out for steps of one position (:meth:`Seq2SeqTransformer.decode_step`):
@@ -261,7 +279,7 @@ class KVCache:
     src_keep: torch.Tensor  # bool [B, 1, 1, S]
     length: int = 0
     weights: list[StepWeights] | None = None
-    src_bias: torch.Tensor | None = None  # float [B, 1, 1, S]
+    src_bias: torch.Tensor | None = None  # float [B, H, 1, S]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (int64 [B]) of the self-attention cache: row ``i`` becomes old row
@@ -436,7 +454,8 @@ class Seq2SeqTransformer(nn.Module):
     def init_cache(self, memory: torch.Tensor, src_keep: torch.Tensor, capacity: int) -> KVCache:
         """A cache for up to ``capacity`` decoder positions: computes every layer's cross-attention
         K/V of ``memory`` [B, S, D] once."""
-        layers = [LayerKV(*layer.cross_attn.project_kv(memory), capacity=capacity) for layer in self.decoder]
+        layers = [LayerKV(*(t.contiguous() for t in layer.cross_attn.project_kv(memory)), capacity=capacity)
+                  for layer in self.decoder]
         return KVCache(layers, src_keep)
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -455,8 +474,10 @@ class Seq2SeqTransformer(nn.Module):
     def _decode_one(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """:meth:`decode_step` for one position, in eval mode without autograd: the layers of
         :class:`DecoderLayer` written out with the weights of :class:`StepWeights`, the new key
-        and value written into the cache in one copy, and the source mask as an additive bias.
-        ``tokens`` [B, 1] -> logits [B, 1, V]."""
+        and value written into the cache in one copy, and attention as two batched products
+        around a softmax (for one query, cheaper than scaled_dot_product_attention; not under
+        autocast, where the scores would be rounded to bfloat16). ``tokens`` [B, 1] -> logits
+        [B, 1, V]."""
         B, n = tokens.shape[0], cache.length
         D, H = self.cfg.d_model, self.cfg.n_heads
         Dh = D // H
@@ -467,24 +488,26 @@ class Seq2SeqTransformer(nn.Module):
         if cache.weights is None or cache.weights[0].qkv_w.dtype != dtype:
             cache.weights = self._packed("decoder", self.decoder.parameters(),
                                          lambda: self._step_weights(dtype), dtype)
-            cache.src_bias = torch.zeros_like(cache.src_keep, dtype=self.tok_emb.weight.dtype).masked_fill(
-                ~cache.src_keep, -math.inf)  # [B, 1, 1, S]
+            S = cache.src_keep.shape[-1]
+            bias = torch.zeros_like(cache.src_keep, dtype=self.tok_emb.weight.dtype)
+            cache.src_bias = bias.masked_fill(~cache.src_keep, -math.inf).expand(B, H, 1, S).contiguous()
+        sdpa = dtype != self.tok_emb.weight.dtype  # autocast
         pe = self.dec_pos.weight[n] if self.cfg.positions == "learned" else self.sinusoids[n]
         y = F.embedding(tokens.view(B), self.tok_emb.weight) + pe  # [B, D]
         eps = self.dec_norm.eps
         for w, kv in zip(cache.weights, cache.layers):
             h = F.layer_norm(y, (D,), w.norm1_w, w.norm1_b, eps)
-            qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(B, 3, H, 1, Dh)  # q, k, v of the new position
+            qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(B, 3, H, Dh)  # q / sqrt(Dh), k, v
             if kv.self_kv is None:
                 kv.allocate(B, H, Dh, qkv.dtype, qkv.device)
-            kv.self_kv[:, :, :, n : n + 1] = qkv[:, 1:].transpose(0, 1)  # [2, B, H, 1, Dh]
-            a = F.scaled_dot_product_attention(
-                qkv[:, 0], kv.self_k[:, :, : n + 1], kv.self_v[:, :, : n + 1])  # [B, H, 1, Dh]
-            y = y + torch.addmm(w.self_out_b, a.reshape(B, D), w.self_out_w)
+            kv.self_kv.select(3, n).copy_(qkv[:, 1:].transpose(0, 1))  # into [2, B, H, n, Dh]
+            k, v = kv.self_k.narrow(2, 0, n + 1), kv.self_v.narrow(2, 0, n + 1)  # [B, H, n + 1, Dh]
+            a = _attend_one(qkv[:, 0], k, v, None, sdpa)  # [B, D]
+            y = y + torch.addmm(w.self_out_b, a, w.self_out_w)
             h = F.layer_norm(y, (D,), w.norm2_w, w.norm2_b, eps)
-            q = torch.addmm(w.cross_q_b, h, w.cross_q_w).view(B, H, 1, Dh)
-            a = F.scaled_dot_product_attention(q, kv.cross_k, kv.cross_v, attn_mask=cache.src_bias)
-            y = y + torch.addmm(w.cross_out_b, a.reshape(B, D), w.cross_out_w)
+            q = torch.addmm(w.cross_q_b, h, w.cross_q_w).view(B, H, Dh)  # q / sqrt(Dh)
+            a = _attend_one(q, kv.cross_k, kv.cross_v, cache.src_bias, sdpa)
+            y = y + torch.addmm(w.cross_out_b, a, w.cross_out_w)
             h = F.layer_norm(y, (D,), w.norm3_w, w.norm3_b, eps)
             y = y + F.linear(F.gelu(torch.addmm(w.ff1_b, h, w.ff1_w)), w.ff2_w, w.ff2_b)
         cache.length = n + 1
@@ -499,16 +522,19 @@ class Seq2SeqTransformer(nn.Module):
         def t(lin: nn.Linear) -> torch.Tensor:  # [out, in] -> [in, out]
             return lin.weight.t().to(dtype).contiguous()
 
+        scale = (self.cfg.d_model // self.cfg.n_heads) ** -0.5  # folded into the query weights
+
         out = []
         for layer in self.decoder:
             sa, ca, ff = layer.self_attn, layer.cross_attn, layer.ff
             out.append(StepWeights(
                 layer.norm1.weight, layer.norm1.bias,
-                torch.cat([sa.q_proj.weight, sa.kv_proj.weight]).t().to(dtype).contiguous(),
-                torch.cat([sa.q_proj.bias, sa.kv_proj.bias]).to(dtype),
+                torch.cat([sa.q_proj.weight * scale, sa.kv_proj.weight]).t().to(dtype).contiguous(),
+                torch.cat([sa.q_proj.bias * scale, sa.kv_proj.bias]).to(dtype),
                 t(sa.out_proj), sa.out_proj.bias.to(dtype),
                 layer.norm2.weight, layer.norm2.bias,
-                t(ca.q_proj), ca.q_proj.bias.to(dtype), t(ca.out_proj), ca.out_proj.bias.to(dtype),
+                (ca.q_proj.weight * scale).t().to(dtype).contiguous(), (ca.q_proj.bias * scale).to(dtype),
+                t(ca.out_proj), ca.out_proj.bias.to(dtype),
                 layer.norm3.weight, layer.norm3.bias,
                 t(ff.linear1), ff.linear1.bias.to(dtype), ff.linear2.weight.to(dtype), ff.linear2.bias.to(dtype),
             ).detach())
