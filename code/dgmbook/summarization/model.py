@@ -178,6 +178,7 @@ class LayerKV:
     self_k: torch.Tensor | None = None
     self_v: torch.Tensor | None = None
     self_kv: torch.Tensor | None = None  # [2, B, H, capacity, Dh]: self_k and self_v are its halves
+    spare: torch.Tensor | None = None  # another such buffer, for reorder
 
     def check_room(self, past: int, new: int) -> None:
         if past + new > self.capacity:
@@ -188,6 +189,16 @@ class LayerKV:
 
     def allocate(self, B: int, H: int, Dh: int, dtype: torch.dtype, device: torch.device) -> None:
         self.self_kv = torch.empty(2, B, H, self.capacity, Dh, dtype=dtype, device=device)
+        self.self_k, self.self_v = self.self_kv.unbind(0)
+
+    def reorder(self, index: torch.Tensor, n: int) -> None:
+        """Rows ``index`` of the first ``n`` positions, gathered into a second buffer that then
+        takes the first one's place (no copy back; ``index_select`` is several times faster than
+        indexing with a tensor)."""
+        if self.spare is None:
+            self.spare = torch.empty_like(self.self_kv)
+        torch.index_select(self.self_kv[:, :, :, :n], 1, index, out=self.spare[:, :, :, :n])
+        self.self_kv, self.spare = self.spare, self.self_kv
         self.self_k, self.self_v = self.self_kv.unbind(0)
 
     def extend(
@@ -289,7 +300,7 @@ class KVCache:
         n = self.length
         for layer in self.layers:
             if layer.self_kv is not None:
-                layer.self_kv[:, :, :, :n] = layer.self_kv[:, index, :, :n]
+                layer.reorder(index, n)
 
 
 class DecoderLayer(nn.Module):
