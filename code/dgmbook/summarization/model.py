@@ -189,17 +189,20 @@ class LayerKV:
 
     def allocate(self, B: int, H: int, Dh: int, dtype: torch.dtype, device: torch.device) -> None:
         self.self_kv = torch.empty(2, B, H, self.capacity, Dh, dtype=dtype, device=device)
-        self.self_k, self.self_v = self.self_kv.unbind(0)
+        self.self_k, self.self_v = self.self_kv[0], self.self_kv[1]
 
     def reorder(self, index: torch.Tensor, n: int) -> None:
         """Rows ``index`` of the first ``n`` positions, gathered into a second buffer that then
         takes the first one's place (no copy back; ``index_select`` is several times faster than
         indexing with a tensor)."""
+        if self.self_kv.requires_grad:  # autograd through the cache: no out=
+            self.self_kv[:, :, :, :n] = self.self_kv[:, :, :, :n].index_select(1, index)
+            return
         if self.spare is None:
             self.spare = torch.empty_like(self.self_kv)
         torch.index_select(self.self_kv[:, :, :, :n], 1, index, out=self.spare[:, :, :, :n])
         self.self_kv, self.spare = self.spare, self.self_kv
-        self.self_k, self.self_v = self.self_kv.unbind(0)
+        self.self_k, self.self_v = self.self_kv[0], self.self_kv[1]
 
     def extend(
         self, k: torch.Tensor, v: torch.Tensor, past: int
