@@ -25,6 +25,17 @@ and values of positions ``< t`` do not change. Each decoder layer therefore keep
 * its cross-attention K/V of the encoder output, ``[B, H, S, Dh]``, computed once per source.
 
 so a step costs O(t) attention work instead of re-running the decoder on the whole prefix.
+
+A generation step feeds one position per sequence: a few dozen products of one row (or a few) by
+a weight matrix. At batch 1 such a step is limited by reading the 19 MB of weights it uses and
+by the fixed cost of each operation, not by arithmetic, so :meth:`Seq2SeqTransformer.decode_step`
+runs it without autograd in fewer, cheaper operations (:meth:`Seq2SeqTransformer._decode_one`):
+the weights laid out for one-row products (:class:`StepWeights`: the self-attention's Q, K and V
+in one matrix, matrices stored ``[in, out]``), made once and kept until a parameter changes; the
+new key and value written into the cache in one copy; attention as two batched products around
+a softmax. The output layer (:meth:`Seq2SeqTransformer.lm_head`) reads ``E^T`` laid out the same
+way in generation with or without the cache, so the two differ only by the cache. Training, and
+anything else with autograd, runs the layers as written above.
 """
 
 from __future__ import annotations
@@ -170,7 +181,8 @@ class EncoderLayer(nn.Module):
 @dataclass
 class LayerKV:
     """One decoder layer's cache. ``self_k``/``self_v`` [B, H, capacity, Dh] are allocated on the
-    first :meth:`extend` (with the dtype the projections produce, bf16 under autocast)."""
+    first :meth:`extend` (with the dtype the projections produce, bf16 under autocast), as the
+    two halves of one buffer ``self_kv`` so that a step writes both in one copy."""
 
     cross_k: torch.Tensor  # [B, H, S, Dh]
     cross_v: torch.Tensor  # [B, H, S, Dh]
