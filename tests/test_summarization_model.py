@@ -359,3 +359,16 @@ def test_one_position_step_beyond_max_len_raises():
         model.decode_step(torch.ones(1, 40, dtype=torch.long), cache)
         with pytest.raises(ValueError, match="max_len"):
             model.decode_step(torch.tensor([[5]]), cache)
+
+
+def test_decoding_a_model_built_under_inference_mode():
+    """Parameters created under torch.inference_mode have no version counter: decoding must
+    still work (and load_state_dict still refresh the copies)."""
+    src, tgt = padded_source([5, 2]), torch.cat([torch.full((2, 1), 1), padded_source([4, 4], seed=8)], 1)
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = Seq2SeqTransformer(tiny_config()).double().eval()
+        torch.testing.assert_close(stepwise_logits(model, src, tgt), model.decode(tgt, *model.encode(src)) @
+                                   model.tok_emb.weight.t())
+        model.load_state_dict(tiny_model(seed=4).state_dict())
+        torch.testing.assert_close(stepwise_logits(model, src, tgt), tiny_model(seed=4)(src, tgt))

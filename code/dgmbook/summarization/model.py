@@ -450,7 +450,7 @@ class Seq2SeqTransformer(nn.Module):
         autograd (generation, evaluation) the product reads a transposed copy ``E^T`` [D, V]
         (see :class:`StepWeights`), whether the decoder ran with the KV cache or without it."""
         E = self.tok_emb.weight
-        if torch.is_grad_enabled() and E.requires_grad:
+        if torch.is_grad_enabled():
             return F.linear(h, E)
         dtype = _matmul_dtype(h.device, E.dtype)
         return h @ self._packed("E^T", (E,), lambda: E.detach().t().to(dtype).contiguous(), dtype)
@@ -501,9 +501,9 @@ class Seq2SeqTransformer(nn.Module):
         """:meth:`decode_step` for one position, in eval mode without autograd: the layers of
         :class:`DecoderLayer` written out with the weights of :class:`StepWeights`, the new key
         and value written into the cache in one copy, and attention as two batched products
-        around a softmax (for one query, cheaper than scaled_dot_product_attention; not under
-        autocast, where the scores would be rounded to bfloat16). ``tokens`` [B, 1] -> logits
-        [B, 1, V]."""
+        around a softmax (for one query, cheaper than scaled_dot_product_attention; not in
+        bfloat16 or float16, autocast included, where the scores would be rounded to 16 bits).
+        ``tokens`` [B, 1] -> logits [B, 1, V]."""
         B, n = tokens.shape[0], cache.length
         D, H = self.cfg.d_model, self.cfg.n_heads
         Dh = D // H
@@ -517,7 +517,7 @@ class Seq2SeqTransformer(nn.Module):
             S = cache.src_keep.shape[-1]
             bias = torch.zeros_like(cache.src_keep, dtype=self.tok_emb.weight.dtype)
             cache.src_bias = bias.masked_fill(~cache.src_keep, -math.inf).expand(B, H, 1, S).contiguous()
-        sdpa = dtype != self.tok_emb.weight.dtype  # autocast
+        sdpa = dtype not in (torch.float32, torch.float64)  # bf16 / fp16 scores: see _attend_one
         pe = self.dec_pos.weight[n] if self.cfg.positions == "learned" else self.sinusoids[n]
         y = F.embedding(tokens.view(B), self.tok_emb.weight) + pe  # [B, D]
         eps = self.dec_norm.eps
@@ -569,9 +569,10 @@ class Seq2SeqTransformer(nn.Module):
     def _packed(self, name: str, params, build, dtype: torch.dtype):
         """``build()``, made from ``params`` and kept until one of them changes: their addresses
         and version counters are the key (every in-place change bumps the counter: optimizer
-        steps, ``load_state_dict``, ``copy_`` under ``no_grad``; only changes through ``.data``
-        escape it)."""
-        key = (dtype, *[(p.data_ptr(), p._version) for p in params])
+        steps, ``load_state_dict``, ``copy_`` under ``no_grad``). Changes through ``.data`` escape
+        it, and so do in-place changes of parameters created under ``torch.inference_mode``
+        (which have no counter) other than by ``load_state_dict``."""
+        key = (dtype, *[(p.data_ptr(), -1 if p.is_inference() else p._version) for p in params])
         hit = self._packed_weights.get(name)
         if hit is None or hit[0] != key:
             self._packed_weights.pop(name, None)  # free the old copy first
