@@ -17,6 +17,7 @@ from dgmbook.summarization.decoding import (
     sequence_logprobs,
 )
 from dgmbook.summarization.model import Seq2SeqConfig, Seq2SeqTransformer
+from dgmbook.utils import torch_threads
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -26,7 +27,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def toy_model(vocab_size: int, steps: int, seed: int = 0) -> Seq2SeqTransformer:
     """A small model trained for ``steps`` Adam steps to reverse its source (1-5 tokens, then EOS):
     random Transformers are degenerate (they repeat one token), trained ones are not. Returned in
-    float64, in eval mode."""
+    float64, in eval mode. One thread (the module-scoped fixtures that call this are set up before
+    the ``one_thread`` fixture: on a busy machine a second thread spins, 2 s became 60-200 s)."""
+    with torch_threads(1):
+        return _toy_model(vocab_size, steps, seed)
+
+
+def _toy_model(vocab_size: int, steps: int, seed: int) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     cfg = Seq2SeqConfig(vocab_size=vocab_size, d_model=32, n_heads=4, n_enc_layers=1, n_dec_layers=1,
                         d_ff=64, max_len=32, dropout=0.0)

@@ -245,3 +245,130 @@ def test_initialisations():
     assert all(b.abs().max() == 0 for n, b in xav.named_parameters() if n.endswith("bias"))
     with pytest.raises(ValueError, match="init"):
         Seq2SeqConfig(init="kaiming")
+
+
+def stepwise_logits(model, src, tgt, reorder=None) -> torch.Tensor:
+    """Logits of ``tgt`` [B, T] fed one position at a time through the KV cache."""
+    cache = model.init_cache(*model.encode(src), capacity=tgt.shape[1])
+    out = []
+    for t in range(tgt.shape[1]):
+        if reorder is not None and t == 3:
+            cache.reorder(reorder)
+        out.append(model.decode_step(tgt[:, t : t + 1], cache))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_one_position_steps_match_the_layer_by_layer_path(positions):
+    """Without autograd a one-position step runs the fused path (_decode_one: packed weights,
+    batched-product attention); with autograd it runs DecoderLayer.forward with the cache. Same
+    logits, same cache, also after a beam reorder."""
+    model = tiny_model(positions=positions)
+    src = padded_source([7, 7, 4])[[0, 0, 2]]  # rows 0 and 1: two beams of one source
+    tgt = torch.cat([torch.full((3, 1), 1), padded_source([8] * 3, seed=5)], dim=1)
+    order = torch.tensor([1, 1, 2])
+    with torch.no_grad():
+        fused = stepwise_logits(model, src, tgt, order)
+    with torch.enable_grad():
+        layered = stepwise_logits(model, src, tgt, order)
+    torch.testing.assert_close(fused, layered.detach())
+    with torch.no_grad():  # and both against teacher forcing of the reordered prefixes
+        ref = model(src, torch.cat([tgt[order, :3], tgt[:, 3:]], dim=1))
+    torch.testing.assert_close(fused[:, 3:], ref[:, 3:])
+
+
+def test_decoding_weights_follow_parameter_changes():
+    """Decoding reads copies of the weights laid out for it, kept between generations; they must
+    follow every change of the parameters: an optimizer step, in-place edits, load_state_dict,
+    a dtype conversion. The reference is teacher forcing with autograd on (nn.Linear's weights)."""
+    model = tiny_model()
+    src, tgt = padded_source([6, 3]), torch.cat([torch.full((2, 1), 1), padded_source([5, 5], seed=6)], 1)
+
+    def check(m, atol=1e-10):
+        with torch.inference_mode():
+            got = stepwise_logits(m, src, tgt)
+            no_cache = m.lm_head(m.decode(tgt, *m.encode(src)))
+        with torch.enable_grad():
+            ref = m(src, tgt).detach()
+        torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+        torch.testing.assert_close(no_cache, ref, atol=atol, rtol=0)
+
+    check(model)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    model.loss(src, tgt[:, :-1], tgt[:, 1:]).backward()
+    opt.step()
+    model.eval()
+    check(model)
+    with torch.no_grad():  # in place, in eval mode, with the copies already made
+        model.decoder[0].ff.linear1.weight.mul_(2)
+        model.decoder[1].self_attn.kv_proj.bias.add_(0.5)
+        model.tok_emb.weight.add_(0.1)
+    check(model)
+    other = tiny_model(seed=3)
+    model.load_state_dict(other.state_dict())
+    check(model)
+    check(model.float(), atol=1e-5)
+
+
+def test_parameter_names_are_unchanged_and_the_copies_are_not_saved():
+    """Checkpoints (results files, the run cache) store state dicts by parameter name: the
+    decoding copies are no parameters or buffers, and pickling or copying the model drops them."""
+    import copy
+    import io
+
+    model = tiny_model()
+    with torch.inference_mode():
+        stepwise_logits(model, padded_source([4]), torch.tensor([[1, 5, 6]]))
+    assert set(model._packed_weights) == {"decoder", "E^T"}
+    names = set(model.state_dict())
+    for i in range(2):
+        assert {f"decoder.{i}.self_attn.q_proj.weight", f"decoder.{i}.self_attn.kv_proj.weight",
+                f"decoder.{i}.cross_attn.q_proj.bias", f"decoder.{i}.ff.linear1.weight"} <= names
+    assert not any("pack" in n or "step" in n for n in names)
+    assert len(names) == len(list(model.parameters()))  # learned positions: no buffers
+    assert copy.deepcopy(model)._packed_weights == {}
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False)._packed_weights == {}
+    model.train()
+    assert model._packed_weights == {}
+
+
+def test_bf16_autocast_decoding_matches_teacher_forcing():
+    """Under bf16 autocast the packed weights are bf16 (converted once) and attention runs in
+    scaled_dot_product_attention as in the layers: the same bf16 logits as teacher forcing."""
+    from dgmbook.utils import autocast
+
+    model = tiny_model().float()
+    src, tgt = padded_source([7, 4]), torch.cat([torch.full((2, 1), 1), padded_source([6, 6], seed=7)], 1)
+    with autocast(True), torch.inference_mode():
+        got = stepwise_logits(model, src, tgt)
+        ref = model(src, tgt)
+    assert got.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=0)
+    with torch.inference_mode():  # and in float32 again afterwards
+        torch.testing.assert_close(stepwise_logits(model, src, tgt), model(src, tgt), atol=1e-5, rtol=0)
+
+
+def test_one_position_step_beyond_max_len_raises():
+    model = tiny_model()
+    with torch.no_grad():
+        cache = model.init_cache(*model.encode(padded_source([3])), capacity=45)
+        model.decode_step(torch.ones(1, 40, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="max_len"):
+            model.decode_step(torch.tensor([[5]]), cache)
+
+
+def test_decoding_a_model_built_under_inference_mode():
+    """Parameters created under torch.inference_mode have no version counter: decoding must
+    still work (and load_state_dict still refresh the copies)."""
+    src, tgt = padded_source([5, 2]), torch.cat([torch.full((2, 1), 1), padded_source([4, 4], seed=8)], 1)
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = Seq2SeqTransformer(tiny_config()).double().eval()
+        torch.testing.assert_close(stepwise_logits(model, src, tgt), model.decode(tgt, *model.encode(src)) @
+                                   model.tok_emb.weight.t())
+        model.load_state_dict(tiny_model(seed=4).state_dict())
+        torch.testing.assert_close(stepwise_logits(model, src, tgt), tiny_model(seed=4)(src, tgt))
