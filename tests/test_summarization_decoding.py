@@ -182,7 +182,12 @@ def test_repetition_rules_by_hand():
     assert out[0].isinf().nonzero().flatten().tolist() == [7] and not out[1].isinf().any()
     torch.testing.assert_close(out, scores.masked_fill(banned_ngram_mask(generated, 3, 10), -float("inf")))
     out = ban_immediate_repeat(scores, generated)
-    assert out.isinf().nonzero().tolist() == [[0, 6], [1, 9]]
+    # row 0: 6 would double itself, 7 the trigram 5 6 7; row 1: 9 would double itself
+    assert out.isinf().nonzero().tolist() == [[0, 6], [0, 7], [1, 9]]
+    # a word of two tokens ("company 's company 's"): the second "'s" is banned
+    company, s = 3, 4
+    out = ban_immediate_repeat(torch.zeros(1, 10), torch.tensor([[1, company, s, company]]))
+    assert out[0].isinf().nonzero().flatten().tolist() == [company, s]  # company: n = 1
     assert torch.equal(ban_immediate_repeat(scores, generated[:, :0]), scores)  # nothing yet
     assert not scores.isinf().any()  # the scores given are left as they were
 

@@ -10,9 +10,12 @@ renormalised (as Hugging Face's logits processors do):
 * EOS is forbidden before ``min_new_tokens`` tokens;
 * ``no_repeat_ngram_size = n > 0`` forbids any token that would repeat an n-gram already in the
   generated sequence (Paulus et al. 2018): the cure for "new new new ..." (:func:`ban_repeated_ngrams`);
-* ``no_immediate_repeat`` forbids the token just generated ("the new new job", "#Person1#
-  #Person1#"), which trigram blocking allows: a doubled token is a bigram and a trigram
-  "new new new" is needed before the n-gram rule with ``n = 3`` bites (:func:`ban_immediate_repeat`).
+* ``no_immediate_repeat`` forbids any token that would end the output with the same n-gram
+  twice in a row, for n up to :data:`IMMEDIATE_REPEAT_MAX` tokens: the token just generated
+  ("the new new job", "#Person1# #Person1#") and a word of several tokens doubled
+  ("company's company's": ``company 's company 's``). Trigram blocking allows both: a doubled
+  token is a bigram, and two different trigrams make a doubled two-token word
+  (:func:`ban_immediate_repeat`).
 
 The two repetition rules are functions ``rule(scores [N, V], generated [N, t]) -> scores`` of the
 scores of the next token and the tokens generated so far, so that Hugging Face's ``generate`` can
@@ -151,12 +154,25 @@ def ban_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int) -
     return scores.masked_fill(banned_ngram_mask(generated, n, scores.shape[1]), -math.inf)
 
 
+IMMEDIATE_REPEAT_MAX = 4  # tokens: the longest n-gram that may not follow itself
+
+
 def ban_immediate_repeat(scores: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-    """``scores`` [N, V] of the next token with -inf for the last token of each row of
-    ``generated`` [N, t] (nothing banned before the first token)."""
-    if generated.shape[1] == 0:
-        return scores
-    return scores.scatter(1, generated[:, -1:], -math.inf)  # [N, V]: the last token banned
+    """``scores`` [N, V] of the next token with -inf for every token that would end a row of
+    ``generated`` [N, t] with two copies of one n-gram, 1 <= n <= IMMEDIATE_REPEAT_MAX: for
+    n = 1 the last token; for larger n, the n-th token of the n-gram that ends n - 1 tokens
+    back, when the n - 1 tokens since it repeat its first n - 1."""
+    t = generated.shape[1]
+    for n in range(1, min(IMMEDIATE_REPEAT_MAX, (t + 1) // 2) + 1):
+        first = generated[:, t - 2 * n + 1 : t - n + 1]  # [N, n]: the copy already written
+        since = generated[:, t - n + 1 :]  # [N, n - 1]: what followed it
+        rows = (first[:, : n - 1] == since).all(dim=1).nonzero().squeeze(1)  # [M]
+        if n == 1:
+            scores = scores.scatter(1, first, -math.inf)  # [N, V]: the last token banned
+        elif len(rows):
+            inf = torch.tensor(-math.inf, dtype=scores.dtype, device=scores.device)
+            scores = scores.index_put((rows, first[rows, -1]), inf)
+    return scores
 
 
 @dataclass(frozen=True)
