@@ -16,7 +16,7 @@ def main(path: str, memory: str | None = None) -> int:
     peaks = {}
     if memory and Path(memory).is_dir():
         for rec in Path(memory).glob("*.json"):
-            peaks[rec.stem] = json.loads(rec.read_text())["peak_bytes"]
+            peaks[rec.stem] = json.loads(rec.read_text())
     print("time and peak memory per chapter (book build; memory: the kernel and its workers):")
     latest = {}  # a cache that saw several builds keeps a record per version of a chapter
     for rec in cache.list_cache_records():
@@ -26,8 +26,10 @@ def main(path: str, memory: str | None = None) -> int:
     for name, rec in sorted(latest.items()):
         secs = (rec.data or {}).get("execution_seconds")
         time_txt = f"{secs:8.1f} s" if secs is not None else "       ? s"
-        mem_txt = f"{peaks[name] / 2**30:6.2f} GiB" if name in peaks else "     ? GiB"
-        print(f"  {time_txt}  {mem_txt}  {name}")
+        peak = peaks.get(name, {})
+        mem_txt = f"{peak['peak_bytes'] / 2**30:6.2f} GiB" if peak else "     ? GiB"
+        cell = f"  (peak in code cell {peak['cell']})" if peak.get("cell") else ""
+        print(f"  {time_txt}  {mem_txt}  {name}{cell}")
     return 0
 
 

@@ -190,7 +190,8 @@ def test_summarize_returns_strings_in_order(bert2bert):
 def test_bert2bert_result_saves_and_reloads(bert2bert):
     model, tokenizer = bert2bert
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = P.book_config(max_examples=2, batch_size=2, n_val=2, eval_every=2, curve_rouge=0, bf16=False)
+    cfg = P.book_config(max_examples=2, batch_size=2, n_val=2, eval_every=2, curve_rouge=0,
+                        bf16=False, freeze_encoder=False)
     result = P.train(cfg, model, tokenizer, train_examples=EXAMPLES[:2], val_examples=EXAMPLES[2:])
     buffer = io.BytesIO()
     torch.save(result, buffer)
@@ -209,6 +210,29 @@ def test_bert2bert_result_saves_and_reloads(bert2bert):
     pooler = sum(p.numel() for p in model.encoder.pooler.parameters())
     n = result["num_parameters"]
     assert 8 * (n - pooler) <= result["optimizer_state_bytes"] < 8 * n
+
+
+def test_frozen_encoder_stays_as_pretrained(bert2bert):
+    """freeze_encoder (the book run): the encoder's weights are unchanged, it holds no optimizer
+    state, and the decoder trains."""
+    model, tokenizer = bert2bert
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = P.book_config(max_examples=2, batch_size=2, n_val=2, eval_every=2, curve_rouge=0,
+                        bf16=False)
+    assert cfg.freeze_encoder
+    try:
+        result = P.train(cfg, model, tokenizer, train_examples=EXAMPLES[:2],
+                         val_examples=EXAMPLES[2:])
+    finally:
+        trained = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        model.requires_grad_(True)
+    changed = {k for k in state if not torch.equal(state[k], trained[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    encoder = sum(p.numel() for p in model.encoder.parameters())
+    decoder = sum(p.numel() for p in model.decoder.parameters())
+    # AdamW's two fp32 moments for the decoder's parameters only
+    assert 8 * decoder <= result["optimizer_state_bytes"] < 8 * decoder + 8 * encoder // 100
 
 
 def test_t5_code_path_end_to_end():

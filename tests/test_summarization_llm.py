@@ -106,3 +106,15 @@ def test_evaluate_scores_the_prompted_model():
                                                   max_new_tokens=16, batch_size=2)
     assert set(scores["rouge_first"]) == {"rouge1", "rouge2", "rougeL"}
     assert scores["seconds_per_example"] > 0
+
+
+def test_token_batches_bound_the_padded_size():
+    from dgmbook.summarization.llm import token_batches
+
+    lengths = [1000, 900, 300, 290, 280, 100, 90, 80, 70, 60]
+    batches = token_batches(lengths, batch_size=4, max_tokens=2048)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each once
+    assert batches[0] == [0, 1]  # 2 x 1000 fits, 3 x 1000 does not
+    for b in batches:
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048)
+    assert token_batches([5000], 8, 2048) == [[0]]  # a longer prompt alone

@@ -281,7 +281,14 @@ def build_pdf(root: Path, target: Path | None = None) -> Path:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the singlehtml build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    html = root / "_build" / "singlehtml" / "index.html"
+    # The single page is written at the root document's path (book/intro.html) but its links
+    # (_static/, _images/) are relative to the output root: print a copy placed there.
+    out = root / "_build" / "singlehtml"
+    import yaml
+
+    root_doc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))["root"]
+    html = out / "print.html"
+    shutil.copyfile(out / f"{Path(root_doc).with_suffix('')}.html", html)
     target = target or root / "_build" / "pdf" / "book.pdf"
     target.parent.mkdir(parents=True, exist_ok=True)
     driver = browser()

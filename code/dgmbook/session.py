@@ -94,6 +94,17 @@ def process_tree_bytes(pid: int | None = None, without_cuda: bool = True) -> int
     return total
 
 
+def _running_cell() -> int | None:
+    """The execution count of the notebook cell running now (None outside IPython): where a
+    chapter's peak happened, for whoever has to bring it down."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "execution_count", None)
+
+
 class MemoryMonitor(threading.Thread):
     """Samples :func:`process_tree_bytes` of this process and writes the peak to ``path``."""
 
@@ -109,7 +120,8 @@ class MemoryMonitor(threading.Thread):
             self.peak = max(now, self.peak)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps({"chapter": self.chapter, "peak_bytes": self.peak}))
+            record = {"chapter": self.chapter, "peak_bytes": self.peak, "cell": _running_cell()}
+            tmp.write_text(json.dumps(record))
             os.replace(tmp, self.path)
 
     def run(self) -> None:

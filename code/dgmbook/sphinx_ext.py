@@ -70,7 +70,19 @@ def drop_duplicate_scripts(app, pagename, templatename, context, doctree):
     context["script_files"] = unique
 
 
+def share_html_handlers(app):
+    """Give the singlehtml builder (the PDF's) every node handler registered for html. Sphinx
+    looks up a builder's handlers by its name first and falls back to its format only when none
+    exist; sphinx-exercise registers its nodes for "singlehtml", so every other extension's html
+    handlers (the LaTeX/PDF extension's hidden cells among them) went missing there."""
+    handlers = app.registry.translation_handlers
+    if "singlehtml" in handlers:
+        for name, pair in handlers.get("html", {}).items():
+            handlers["singlehtml"].setdefault(name, pair)
+
+
 def setup(app):
+    app.connect("builder-inited", share_html_handlers)
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)
     app.connect("config-inited", configure_launch_buttons, priority=900)
     app.connect("html-page-context", offer_executed_notebook, priority=400)
