@@ -1,14 +1,15 @@
-"""Data-parallel training (dgmbook.distributed): two CPU processes (gloo, 127.0.0.1) launched by
-``torchrun`` train the same tiny models as one process at the same global batch.
+"""Data-parallel training (dgmbook.distributed): two CPU processes (gloo, 127.0.0.1)
+launched by ``torchrun`` train the same tiny models as one process at the same global
+batch.
 
-The test launches this file as a script under ``torchrun --nproc_per_node 2``; each process
-runs :func:`worker`, which fine-tunes a tiny random T5 through
-:func:`dgmbook.summarization.bert2bert.train`, trains on a time budget, then goes through
-``python -m dgmbook full`` for a tiny from-scratch run (so that the results file is the
-command line's). The test
-compares the curves with the same runs in one process, here: fp32 throughout, the only
-differences are the order of floating-point sums (per-process shares, gradient all-reduce)
-and the padding of each share, so the losses agree to :data:`TOLERANCE`.
+The test launches this file as a script under ``torchrun --nproc_per_node 2``; each
+process runs :func:`worker`, which fine-tunes a tiny random T5 through
+:func:`dgmbook.summarization.bert2bert.train`, trains on a time budget, then goes
+through ``python -m dgmbook full`` for a tiny from-scratch run (so that the results file
+is the command line's). The test compares the curves with the same runs in one process,
+here: fp32 throughout, the only differences are the order of floating-point sums
+(per-process shares, gradient all-reduce) and the padding of each share, so the losses
+agree to :data:`TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -30,45 +31,49 @@ from dgmbook import distributed
 from dgmbook.summarization import model as seq2seq
 from dgmbook.summarization import scratch as S
 
-TOLERANCE = 1e-5  # absolute, on per-token cross-entropies near 6 nats (fp32; seen: 7e-7)
+TOLERANCE = 1e-5  # absolute, on cross-entropies near 6 nats (fp32; seen: 7e-7)
 WORLD = 2
 
 
 def tiny_scratch(**changes) -> S.TrainConfig:
-    """8 steps of 16 on 96 DialogSum dialogues, a 1+1-layer 32-wide model, fp32, no dropout
-    (each process draws its own dropout masks: with dropout the curves differ by noise)."""
+    """8 steps of 16 on 96 DialogSum dialogues, a 1+1-layer 32-wide model, fp32, no
+    dropout (each process draws its own dropout masks: with dropout the curves differ by
+    noise)."""
     tiny = seq2seq.Seq2SeqConfig(vocab_size=500, d_model=32, n_heads=2, n_enc_layers=1,
                                  n_dec_layers=1, d_ff=64, max_len=64, dropout=0.0)
     cfg = dict(train_examples=96, val_examples=24, model=tiny, max_source_len=64,
-               max_target_len=16, max_steps=8, batch_size=16, warmup_steps=2, bf16=False)
+               max_target_len=16, max_steps=8, batch_size=16, warmup_steps=2,
+               bf16=False)
     return S.TrainConfig(**{**cfg, **changes})
 
 
 def tiny_finetune():
-    """A tiny random T5 (the bert2bert tests' ``tiny_t5``), 48 examples in batches of 8."""
+    """A tiny random T5 (the bert2bert tests' tiny_t5): 48 examples, batches of 8."""
     from test_summarization_bert2bert import EXAMPLES, tiny_t5
 
     from dgmbook.summarization import bert2bert as P
 
     model, tokenizer = tiny_t5()
-    cfg = P.FinetuneConfig(model="tiny-t5", max_examples=48, batch_size=8, eval_every=16,
-                           n_val=4, bf16=False, keep_weights=False, lr=1e-3)
+    cfg = P.FinetuneConfig(model="tiny-t5", max_examples=48, batch_size=8,
+                           eval_every=16, n_val=4, bf16=False, keep_weights=False,
+                           lr=1e-3)
     return P.train(cfg, model, tokenizer, EXAMPLES * 12, EXAMPLES, show_progress=False)
 
 
 def scratch_experiment(progress: bool = True):
-    """A stand-in for a registered full experiment (``run(progress) -> (config, metrics)``)."""
+    """A stand-in for a registered full experiment: ``run(progress) -> (config,
+    metrics)``."""
     cfg = tiny_scratch()
     result = S.train(cfg, show_progress=progress)
-    return asdict(cfg), {"curves": result["curves"], "world": distributed.world_size(),
-                         "steps": result["steps"], "examples_seen": result["examples_seen"]}
+    metrics = {k: result[k] for k in ("curves", "steps", "examples_seen")}
+    return asdict(cfg), {**metrics, "world": distributed.world_size()}
 
 
 def worker(out: Path) -> None:
     from dgmbook import cli, recorded
 
     rank = int(os.environ["RANK"])
-    finetune = tiny_finetune()  # joins the launcher's group (train calls distributed.setup)
+    finetune = tiny_finetune()  # joins the launcher's group (train calls setup)
     # a time budget: every process must stop at the same step
     timed = S.train(tiny_scratch(max_steps=None, minutes=0.03, train_examples=400))
     (out / f"rank{rank}.json").write_text(json.dumps({
@@ -96,7 +101,8 @@ def test_two_processes_train_as_one(tmp_path):
                f"--master_port={free_port()}", __file__, str(tmp_path)]
     t0 = time.perf_counter()
     try:
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+        run = subprocess.run(command, env=env, capture_output=True, text=True,
+                             timeout=150)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the launched processes hung: {e.stdout!r} {e.stderr!r}")
     launched = time.perf_counter() - t0
@@ -104,7 +110,8 @@ def test_two_processes_train_as_one(tmp_path):
     print(f"{WORLD} processes: {launched:.1f} s")
 
     # exactly one results file, from rank 0, recording the two-process run
-    results = sorted(p.name for p in tmp_path.glob("*") if not p.name.startswith("rank"))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    results = [n for n in names if not n.startswith("rank")]
     assert results == ["tiny-distributed.json"], results
     recorded = json.loads((tmp_path / "tiny-distributed.json").read_text())
     two = recorded["metrics"]

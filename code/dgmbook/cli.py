@@ -10,8 +10,9 @@ A full experiment is a function ``run(progress: bool) -> (config: dict, metrics:
 in :data:`EXPERIMENTS` as ``"module:function"``; the results file records its configuration,
 metrics, the code revision, the hardware and the wall time.
 
-A full run trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`: ``cpu`` by default, ``auto``,
-``cuda`` ...) and runs unchanged on several processes, one per GPU (:mod:`dgmbook.distributed`)::
+A full run trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`: ``cpu`` by default,
+``auto``, ``cuda`` ...) and runs unchanged on several processes, one per GPU
+(:mod:`dgmbook.distributed`)::
 
     DGMBOOK_DEVICE=auto torchrun --nproc_per_node 4 -m dgmbook full NAME
     DGMBOOK_DEVICE=auto accelerate launch --num_processes 4 -m dgmbook full NAME

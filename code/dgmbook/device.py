@@ -4,11 +4,11 @@
 * ``auto``: ``cuda`` when a GPU is visible, else the CPU;
 * any torch device string: ``cuda``, ``cuda:1``, ``mps`` ...
 
-A bare ``cuda`` becomes ``cuda:$LOCAL_RANK`` (0 when unset), so under ``torchrun`` or
-``accelerate launch`` each process takes its own GPU. :func:`autocast_dtype` is the 16-bit
-type that suits a device: bf16 on the CPU and on GPUs that support it (Ampere and later), else
-fp16 (whose small range wants gradient scaling, which the training loops do not do: on such a
-GPU prefer ``bf16=False``).
+A bare ``cuda`` becomes ``cuda:$LOCAL_RANK`` (0 when unset), so that under ``torchrun``
+or ``accelerate launch`` each process takes its own GPU. :func:`autocast_dtype` is the
+16-bit type that suits a device: bf16 on the CPU and on GPUs that support it (Ampere and
+later), else fp16 (whose small range wants gradient scaling, which the training loops do
+not do: on such a GPU prefer ``bf16=False``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ENV = "DGMBOOK_DEVICE"
 
 
 def resolve(setting: str | None = None) -> str:
-    """The device string for ``setting`` (default: ``$DGMBOOK_DEVICE``, else ``"cpu"``)."""
+    """The device string for ``setting`` (default: ``$DGMBOOK_DEVICE``, else "cpu")."""
     if setting is None:
         setting = os.environ.get(ENV, "")
     setting = setting.strip().lower() or "cpu"

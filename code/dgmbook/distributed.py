@@ -6,12 +6,13 @@ The full runs are launched unchanged by either launcher::
     accelerate launch --num_processes 4 -m dgmbook full summarization-scratch
 
 Both start one process per device and give it ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them (``init_process_group`` from
-the environment: gloo on CPUs, NCCL on GPUs). Plain ``torch.distributed`` rather than an
-``accelerate.Accelerator``: it works under both launchers, and with one process nothing
-is wrapped (no optimizer wrapper, no autocast of its own, no data loader), so the single
-process path that the chapters run stays bit for bit what it was; device placement is
-:mod:`dgmbook.device`'s and mixed precision :func:`dgmbook.utils.autocast`'s.
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them (``init_process_group``
+from the environment: gloo on CPUs, NCCL on GPUs). Plain ``torch.distributed`` rather
+than an ``accelerate.Accelerator``: it works under both launchers, and with one process
+nothing is wrapped (no optimizer wrapper, no autocast of its own, no data loader), so
+the one-process path that the chapters run stays bit for bit what it was; device
+placement is :mod:`dgmbook.device`'s and mixed precision
+:func:`dgmbook.utils.autocast`'s.
 
 How the training loops use it (all of it a no-op with one process):
 
@@ -49,8 +50,9 @@ def is_main() -> bool:
 
 
 def setup(device: str = "cpu") -> int:
-    """Join the process group that a launcher set up (``WORLD_SIZE`` > 1 in the environment);
-    a no-op with one process or when already joined. Returns the world size."""
+    """Join the process group that a launcher set up (``WORLD_SIZE`` > 1 in the
+    environment); a no-op with one process or when already joined. Returns the world
+    size."""
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         cuda = torch.device(device).type == "cuda"
         if cuda:
@@ -75,25 +77,27 @@ def teardown() -> None:
 def wrap(model: torch.nn.Module, **ddp_kwargs) -> torch.nn.Module:
     """``model`` itself with one process, else ``model`` in
     :class:`~torch.nn.parallel.DistributedDataParallel` (which averages gradients in
-    ``backward``; it broadcasts rank 0's weights first). Train through the wrapper; evaluate
-    and save ``model``."""
+    ``backward``; it broadcasts rank 0's weights first). Train through the wrapper;
+    evaluate and save ``model``."""
     if world_size() == 1:
         return model
     device = next(model.parameters()).device
     ids = [device] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, **ddp_kwargs)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return ddp(model, device_ids=ids, **ddp_kwargs)
 
 
 def shard(items: Sequence[T]) -> list[T] | None:
-    """This rank's share of a global batch: every ``world_size``-th item from ``rank``. None
-    when the batch has fewer items than processes (every rank skips it, as all see the same
-    batches: with N processes, up to N - 1 examples per bucket of an epoch go untrained)."""
+    """This rank's share of a global batch: every ``world_size``-th item from ``rank``.
+    None when the batch has fewer items than processes (every rank skips it, as all see
+    the same batches: with N processes, up to N - 1 examples per bucket of an epoch go
+    untrained)."""
     world = world_size()
     if world == 1:
         return list(items)
     if len(items) < world:
         return None
-    return list(items[rank()::world])
+    return list(items[rank() :: world])
 
 
 def _reduce(values: Sequence[float], op) -> list[float]:
@@ -114,9 +118,10 @@ def all_max(value: float) -> float:
 
 
 def token_weight(local_tokens: int) -> tuple[float, int]:
-    """``(weight, global_tokens)``: multiply this rank's mean loss over its ``local_tokens``
-    by ``weight = world_size * local_tokens / global_tokens``; DDP's gradient average
-    (a sum divided by ``world_size``) is then the gradient of the mean over all tokens."""
+    """``(weight, global_tokens)``: multiply this rank's mean loss over its
+    ``local_tokens`` by ``weight = world_size * local_tokens / global_tokens``; DDP's
+    gradient average (a sum divided by ``world_size``) is then the gradient of the mean
+    over all tokens."""
     if world_size() == 1:
         return 1.0, local_tokens
     total = int(all_sum(local_tokens)[0])

@@ -68,9 +68,9 @@ def eval_mode(model: torch.nn.Module, inference: bool = False):
 
 
 def autocast(enabled: bool = True, device: str | torch.device = "cpu"):
-    """16-bit autocast on ``device`` (a device string such as ``"cuda:1"`` or its type): bf16
-    on the CPU (on this project's CPUs with AMX, bf16 matmuls run ~6x faster than fp32), the
-    type :func:`dgmbook.device.autocast_dtype` picks on a GPU."""
+    """16-bit autocast on ``device`` (a device string such as "cuda:1", or a device):
+    bf16 on the CPU (on this project's CPUs with AMX, bf16 matmuls run ~6x faster than
+    fp32), the type that :func:`dgmbook.device.autocast_dtype` picks on a GPU."""
     if not enabled:
         return contextlib.nullcontext()
     device = torch.device(device)

@@ -423,7 +423,7 @@ def sequence_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tor
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -431,8 +431,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def validation_loss(
     model: PreTrainedModel, data: Encoded, batch_size: int = 32, bf16: bool = True
 ) -> float:
-    """Per-token cross-entropy (nats) over all target tokens of ``data``, dropout off. With
-    several processes each scores every ``world_size``-th batch and the sums are reduced."""
+    """Per-token cross-entropy (nats) over all target tokens of ``data``, dropout off.
+    With several processes each scores every ``world_size``-th batch; the sums are
+    reduced."""
     start, _, pad = special_token_ids(model)
     device = next(model.parameters()).device
     world, rank = dist.world_size(), dist.rank()
@@ -474,14 +475,14 @@ def train(
     ``cfg.curve_rouge``, ROUGE (first reference, greedy) on that many validation examples (else
     ``None``); ``seconds`` is the
     training time spent so far (evaluations excluded). ``show_progress`` forces the progress
-    bar on or off (``None``: :func:`dgmbook.utils.progress` decides). ``device``: where to
-    train (a keyword, not a field of ``cfg``, so that configurations and their cache keys do
-    not depend on the machine).
+    bar on or off (``None``: :func:`dgmbook.utils.progress` decides). ``device``: where
+    to train (a keyword, not a field of ``cfg``, so that configurations and their cache
+    keys do not depend on the machine).
 
     Under ``torchrun``/``accelerate launch`` the processes train one model data-parallel
-    (:mod:`dgmbook.distributed`): ``cfg.batch_size`` is the global batch, each process trains
-    on its share, ``max_minutes`` ends every process at once, and every process returns the
-    same result (rank 0 alone shows progress and decodes the ROUGE curve)."""
+    (:mod:`dgmbook.distributed`): ``cfg.batch_size`` is the global batch, each process
+    trains on its share, ``max_minutes`` ends every process at once, and every process
+    returns the same result (rank 0 alone shows progress and decodes ROUGE curves)."""
     world = dist.setup(device)
     seed_everything(cfg.seed)
     if model is None or tokenizer is None:
@@ -506,7 +507,7 @@ def train(
     model.to(device)
     # DDP: BERT2BERT's trained encoder has a pooler whose output no loss uses
     unused = cfg.model == BERT2BERT and not cfg.freeze_encoder
-    net = dist.wrap(model, find_unused_parameters=unused)  # model itself with one process
+    net = dist.wrap(model, find_unused_parameters=unused)  # model itself, one process
     dist.seed_dropout(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -515,7 +516,7 @@ def train(
         k: [] for k in ("examples", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "seconds")
     }
     seen, steps, train_s, loss_sum, loss_n, epoch = 0, 0, 0.0, 0.0, 0, 0
-    stop = False  # several processes: the budget's last examples are fewer than processes
+    stop = False  # several processes: the budget's last examples are too few to share
 
     def record() -> None:
         curves["examples"].append(seen)
@@ -534,7 +535,8 @@ def train(
 
     model.train()
     record()
-    bar = progress_bar(show_progress and dist.is_main(), total=cfg.max_examples, unit="ex",
+    show = show_progress and dist.is_main()
+    bar = progress_bar(show, total=cfg.max_examples, unit="ex",
                desc=f"fine-tune {cfg.model} ({cfg.optimizer})")
     while spent() < 1.0 and not stop:
         lengths = [len(s) for s in data.sources]
@@ -542,7 +544,7 @@ def train(
             if spent() >= 1.0:
                 break
             idx = idx[: cfg.max_examples - seen]
-            mine = dist.shard(idx)  # this process's share of the batch (all of it with one)
+            mine = dist.shard(idx)  # this process's share (all of the batch with one)
             if mine is None:  # fewer examples than processes: skipped on every process
                 stop = seen + len(idx) >= cfg.max_examples
                 if stop:
@@ -555,7 +557,7 @@ def train(
             batch = _to(collate(data, mine, start, pad), device)
             with autocast(cfg.bf16, device):
                 loss = sequence_loss(net, batch)
-            if world > 1:  # weight by the share of target tokens; the reported loss is global
+            if world > 1:  # weight by the share of target tokens; global loss
                 n_target = int((batch["labels"] != IGNORE_INDEX).sum())
                 weight, total_target = dist.token_weight(n_target)
                 loss_sum_all = dist.all_sum(loss.item() * n_target)[0]
@@ -566,7 +568,7 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_s += time.perf_counter() - t0
-            if world > 1:  # the slowest process's time: a time budget ends everywhere at once
+            if world > 1:  # the slowest process's time: a time budget ends at once
                 train_s = dist.all_max(train_s)
                 loss = torch.tensor(loss_sum_all / total_target)
             seen, steps = seen + len(idx), steps + 1
@@ -679,8 +681,8 @@ def full_experiment(progress: bool = True) -> tuple[dict, dict]:
     Returns ``(config, metrics)``; the metrics hold the learning curve and the first summaries of
     each evaluation. It trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by
     default), data-parallel under ``torchrun``/``accelerate launch``
-    (:mod:`dgmbook.distributed`); then rank 0 alone evaluates, and the other processes return
-    empty metrics."""
+    (:mod:`dgmbook.distributed`); then rank 0 alone evaluates, and the other processes
+    return empty metrics."""
     cfg = full_config()
     device = devices.resolve()
     result = train(cfg, show_progress=progress, device=device)

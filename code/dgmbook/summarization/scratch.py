@@ -204,8 +204,9 @@ def _losses(
     model: Seq2SeqTransformer, batch: sd.Batch, label_smoothing: float,
     net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label-smoothed loss to minimise, plain cross-entropy to report), per target token.
-    ``net``: what runs the forward pass, ``model`` in a DDP wrapper (default: ``model``)."""
+    """(label-smoothed loss to minimise, plain cross-entropy to report), per target
+    token. ``net`` runs the forward pass: ``model`` in a DDP wrapper (default: model).
+    """
     logits = (net or model)(batch.src, batch.tgt_in).flatten(0, 1).float()  # [B*T, V]
     target = batch.tgt_out.flatten()  # [B*T]
     pad = model.cfg.pad_id
@@ -224,8 +225,8 @@ def validation_loss(
     model: Seq2SeqTransformer, split: sd.EncodedSplit, *, batch_size: int = 64,
     bf16: bool = False, device: str = "cpu",
 ) -> float:
-    """Cross-entropy per target token (nats) over a whole split, teacher forced. With several
-    processes each scores every ``world_size``-th batch and the sums are reduced."""
+    """Cross-entropy per target token (nats) over a whole split, teacher forced. With
+    several processes each scores every ``world_size``-th batch; sums are reduced."""
     world, rank = dist.world_size(), dist.rank()
     with eval_mode(model):
         total, tokens = 0.0, 0
@@ -277,9 +278,9 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
     ``tokens_per_second`` (training steps only).
 
     Under ``torchrun``/``accelerate launch`` the processes train one model data-parallel
-    (:mod:`dgmbook.distributed`): ``batch_size`` is the global batch, each process trains on
-    its share, and every process returns the same result (rank 0 alone shows progress and
-    computes the ROUGE curve)."""
+    (:mod:`dgmbook.distributed`): ``batch_size`` is the global batch, each process
+    trains on its share, and every process returns the same result (rank 0 alone shows
+    progress and computes the ROUGE curve)."""
     world = dist.setup(cfg.device)
     seed_everything(cfg.seed)
     train_ex, val_ex = load_splits(cfg)
@@ -306,8 +307,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         return max(fractions)
 
     def elapsed() -> float:
-        """Seconds since the start; with several processes the slowest one's, so that every
-        process sets the same learning rate and a time budget ends everywhere at once."""
+        """Seconds since the start; with several processes the slowest one's, so that
+        every process sets the same learning rate and a time budget ends at once."""
         seconds = time.perf_counter() - start
         return dist.all_max(seconds) if world > 1 else seconds
 
@@ -347,7 +348,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
     rouge_examples = rouge_examples if dist.is_main() else []
     if rouge_examples:
         record_rouge(0)
-    bar = sd.progress_bar(show_progress and dist.is_main(), total=max_steps, desc="training")
+    show = show_progress and dist.is_main()
+    bar = sd.progress_bar(show, total=max_steps, desc="training")
     epoch = 0
     lengths = [len(s) for s in train_enc.sources]
     pad = model.cfg.pad_id
@@ -355,7 +357,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         order = sd.length_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed,
                                   epoch=epoch)
         for idx in order:
-            mine = dist.shard(idx)  # this process's share of the batch (all of it with one)
+            mine = dist.shard(idx)  # this process's share (all of the batch with one)
             if mine is None:
                 continue
             batch = _to(train_enc.batch(mine), cfg.device)
@@ -365,7 +367,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
             with autocast(cfg.bf16, cfg.device):
                 loss, ce = _losses(model, batch, cfg.label_smoothing, net)
             n_tokens = int((batch.src != pad).sum() + (batch.tgt_out != pad).sum())
-            if world > 1:  # weight by the share of target tokens; the reported loss is global
+            if world > 1:  # weight by the share of target tokens; global loss
                 n_target = int((batch.tgt_out != pad).sum())
                 weight, total_target = dist.token_weight(n_target)
                 loss = loss * weight
@@ -378,7 +380,8 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
             step += 1
             seen += len(idx)
             tokens += int(n_tokens)
-            if rouge_examples and seen // cfg.curve_every > (seen - len(idx)) // cfg.curve_every:
+            every = cfg.curve_every
+            if rouge_examples and seen // every > (seen - len(idx)) // every:
                 record_rouge(seen)
             curves["step"].append(step)
             curves["train_loss"].append(ce.item())
@@ -464,9 +467,9 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     repetition statistics and its first summaries, the validation-loss curve and
     :func:`source_use`. Returns ``(config, metrics)``.
 
-    It trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default), data-parallel
-    under ``torchrun``/``accelerate launch`` (:mod:`dgmbook.distributed`); then rank 0 alone
-    evaluates, and the other processes return empty metrics."""
+    It trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default),
+    data-parallel under ``torchrun``/``accelerate launch`` (:mod:`dgmbook.distributed`);
+    then rank 0 alone evaluates, and the other processes return empty metrics."""
     cfg = replace(full_config(), device=devices.resolve())
     result = train(cfg, show_progress=progress)
     if not dist.is_main():
