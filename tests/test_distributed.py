@@ -10,7 +10,7 @@ from-scratch run (so that the results file is the command line's). The test comp
 the curves with the same runs in one process, here: fp32 throughout, the only
 differences are the order of floating-point sums (per-process shares, gradient
 all-reduce) and the padding of each share, so the losses agree to :data:`TOLERANCE`.
-Both launches together take about 35 s on 2 busy cores.
+Both launches together take 35-42 s on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -70,6 +70,30 @@ def scratch_experiment(progress: bool = True):
     return asdict(cfg), {**metrics, "world": distributed.world_size()}
 
 
+def tiny_full_runs() -> dict[str, list[str]]:
+    """Both registered full runs end to end at a tiny scale (their configurations, the
+    BERT2BERT model and the test-set evaluations replaced): the names of the metrics
+    each process returns."""
+    from test_summarization_bert2bert import EXAMPLES, tiny_t5
+
+    from dgmbook.summarization import bert2bert as P
+    from dgmbook.summarization import evaluation
+    from dgmbook.summarization.decoding import DecodeConfig
+
+    def evaluate(system_for, *args, **kwargs):  # decode one document
+        summarize = system_for(DecodeConfig(max_new_tokens=4))
+        return {"summaries": summarize(["Hello there."])}
+
+    S.full_config = tiny_scratch
+    P.full_config = lambda: P.FinetuneConfig(model="tiny-t5", max_examples=16,
+                                             batch_size=8, eval_every=16, n_val=4)
+    P.load_model = lambda name, speaker_tags=True: tiny_t5()
+    P.load_dialogsum = lambda split: EXAMPLES * 4
+    evaluation.full_run_evaluation = evaluate
+    return {name: sorted(module.full_experiment(progress=False)[1])
+            for name, module in (("scratch", S), ("bert2bert", P))}
+
+
 def worker(out: Path) -> None:
     from dgmbook import cli, recorded
 
@@ -79,7 +103,7 @@ def worker(out: Path) -> None:
     timed = S.train(tiny_scratch(max_steps=None, minutes=0.03, train_examples=400))
     (out / f"rank{rank}.json").write_text(json.dumps({
         "finetune": finetune["curves"], "timed_steps": timed["steps"],
-        "world": distributed.world_size(),
+        "world": distributed.world_size(), "full_runs": tiny_full_runs(),
     }))
     recorded.RESULTS_DIR = out  # the results file goes to the test's folder
     cli.EXPERIMENTS["tiny-distributed"] = f"{__name__}:scratch_experiment"
@@ -152,6 +176,11 @@ def test_two_processes_train_as_one(tmp_path, launcher):
         diff = max(abs(a - b) for a, b in pairs)
         assert len(pairs) >= 3 and diff < TOLERANCE, (key, pairs)
         print(f"fine-tuning, {key}: largest difference {diff:.2e}")
+    # the real full runs: rank 0 alone evaluates
+    full = ranks[0]["full_runs"]
+    assert {"source_use", "final_val_loss", "summaries"} <= set(full["scratch"])
+    assert {"curves", "summaries"} <= set(full["bert2bert"])
+    assert ranks[1]["full_runs"] == {"scratch": [], "bert2bert": []}
     # a time budget ends on every process at the same step
     assert ranks[0]["timed_steps"] == ranks[1]["timed_steps"] > 0
 
