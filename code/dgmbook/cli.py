@@ -27,7 +27,7 @@ import importlib
 import sys
 import time
 
-from dgmbook import data, distributed, recorded
+from dgmbook import data, device, distributed, recorded
 
 # name -> "module:function"; chapters with long runs add one line here.
 EXPERIMENTS: dict[str, str] = {
@@ -55,6 +55,8 @@ def cmd_full(args) -> int:
         return 2
     revision = recorded.code_revision()  # the code the run starts with, not whatever is checked out at its end
     start = time.perf_counter()
+    # under a launcher, join its group now: every experiment then knows its rank
+    distributed.setup(device.resolve())
     try:
         config, metrics = _resolve(EXPERIMENTS[args.name])(progress=True)
     finally:
