@@ -9,6 +9,15 @@
 A full experiment is a function ``run(progress: bool) -> (config: dict, metrics: dict)`` registered
 in :data:`EXPERIMENTS` as ``"module:function"``; the results file records its configuration,
 metrics, the code revision, the hardware and the wall time.
+
+A full run trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`: ``cpu`` by default,
+``auto``, ``cuda`` ...) and runs unchanged on several processes, one per GPU
+(:mod:`dgmbook.distributed`)::
+
+    DGMBOOK_DEVICE=auto torchrun --nproc_per_node 4 -m dgmbook full NAME
+    DGMBOOK_DEVICE=auto accelerate launch --num_processes 4 -m dgmbook full NAME
+
+Rank 0 alone prints progress, evaluates and writes the results file.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import importlib
 import sys
 import time
 
-from dgmbook import data, recorded
+from dgmbook import data, device, distributed, recorded
 
 # name -> "module:function"; chapters with long runs add one line here.
 EXPERIMENTS: dict[str, str] = {
@@ -46,7 +55,15 @@ def cmd_full(args) -> int:
         return 2
     revision = recorded.code_revision()  # the code the run starts with, not whatever is checked out at its end
     start = time.perf_counter()
-    config, metrics = _resolve(EXPERIMENTS[args.name])(progress=True)
+    # under a launcher, join its group now: every experiment then knows its rank
+    distributed.setup(device.resolve())
+    try:
+        config, metrics = _resolve(EXPERIMENTS[args.name])(progress=True)
+    finally:
+        main_process = distributed.is_main()
+        distributed.teardown()
+    if not main_process:  # torchrun/accelerate launch: rank 0 alone records the run
+        return 0
     path = recorded.write_results(args.name, config, metrics, time.perf_counter() - start,
                                   revision=revision)
     print(f"wrote {path}")

@@ -58,6 +58,8 @@ from transformers import (
 )
 from transformers.optimization import Adafactor
 
+from .. import device as devices
+from .. import distributed as dist
 from ..utils import autocast, eval_mode, seed_everything
 from . import evaluation
 from .data import (
@@ -421,22 +423,32 @@ def sequence_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tor
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
 
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def validation_loss(
     model: PreTrainedModel, data: Encoded, batch_size: int = 8, bf16: bool = True
 ) -> float:
     """Per-token cross-entropy (nats) over all target tokens of ``data``, dropout off. Batches
     of 8: the logits of a batch of 32 summaries (32 x 64 x 30,522) and their float32 softmax
-    took 0.6 GB at once."""
+    took 0.6 GB at once. With several processes each scores every ``world_size``-th batch;
+    the sums are reduced."""
     start, _, pad = special_token_ids(model)
+    device = next(model.parameters()).device
+    world, rank = dist.world_size(), dist.rank()
     total, tokens = 0.0, 0
+    order = length_batches([len(s) for s in data.sources], batch_size, shuffle=False)
     with eval_mode(model):
-        for idx in length_batches([len(s) for s in data.sources], batch_size, shuffle=False):
-            batch = collate(data, idx, start, pad)
+        for idx in order[rank::world]:
+            batch = _to(collate(data, idx, start, pad), device)
             n = int((batch["labels"] != IGNORE_INDEX).sum())
-            with autocast(bf16):
+            with autocast(bf16, device):
                 total += sequence_loss(model, batch).item() * n
             tokens += n
+    if world > 1:
+        total, tokens = dist.all_sum(total, tokens)
     return total / tokens
 
 
@@ -448,6 +460,7 @@ def train(
     val_examples: Sequence[SummaryExample] | None = None,
     *,
     show_progress: bool | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Fine-tune on DialogSum's training split (or ``train_examples``) and return a result that
     :func:`torch.save` can store::
@@ -463,7 +476,15 @@ def train(
     ``cfg.curve_rouge``, ROUGE (first reference, greedy) on that many validation examples (else
     ``None``); ``seconds`` is the
     training time spent so far (evaluations excluded). ``show_progress`` forces the progress
-    bar on or off (``None``: :func:`dgmbook.utils.progress` decides)."""
+    bar on or off (``None``: :func:`dgmbook.utils.progress` decides). ``device``: where
+    to train (a keyword, not a field of ``cfg``, so that configurations and their cache
+    keys do not depend on the machine).
+
+    Under ``torchrun``/``accelerate launch`` the processes train one model data-parallel
+    (:mod:`dgmbook.distributed`): ``cfg.batch_size`` is the global batch, each process
+    trains on its share, ``max_minutes`` ends every process at once, and every process
+    returns the same result (rank 0 alone shows progress and decodes ROUGE curves)."""
+    world = dist.setup(device)
     seed_everything(cfg.seed)
     if model is None or tokenizer is None:
         model, tokenizer = load_model(cfg.model, cfg.speaker_tags)
@@ -483,7 +504,12 @@ def train(
         return encode(tokenizer, examples, eos, cfg.max_source_len, cfg.max_target_len, cfg.source_prefix)
 
     data, val = enc(train_examples), enc(val_examples[: cfg.n_val])
-    rouge_examples = val_examples[: cfg.curve_rouge]
+    rouge_examples = val_examples[: cfg.curve_rouge] if dist.is_main() else []
+    model.to(device)
+    # DDP: BERT2BERT's trained encoder has a pooler whose output no loss uses
+    unused = cfg.model == BERT2BERT and not cfg.freeze_encoder
+    net = dist.wrap(model, find_unused_parameters=unused)  # model itself, one process
+    dist.seed_dropout(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
 
@@ -491,6 +517,7 @@ def train(
         k: [] for k in ("examples", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "seconds")
     }
     seen, steps, train_s, loss_sum, loss_n, epoch = 0, 0, 0.0, 0.0, 0, 0
+    stop = False  # several processes: the budget's last examples are too few to share
 
     def record() -> None:
         curves["examples"].append(seen)
@@ -509,27 +536,42 @@ def train(
 
     model.train()
     record()
-    bar = progress_bar(show_progress, total=cfg.max_examples, unit="ex",
+    show = show_progress and dist.is_main()
+    bar = progress_bar(show, total=cfg.max_examples, unit="ex",
                desc=f"fine-tune {cfg.model} ({cfg.optimizer})")
-    while spent() < 1.0:
+    while spent() < 1.0 and not stop:
         lengths = [len(s) for s in data.sources]
         for idx in length_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
             if spent() >= 1.0:
                 break
             idx = idx[: cfg.max_examples - seen]
+            mine = dist.shard(idx)  # this process's share (all of the batch with one)
+            if mine is None:  # fewer examples than processes: skipped on every process
+                stop = seen + len(idx) >= cfg.max_examples
+                if stop:
+                    break
+                continue
             t0 = time.perf_counter()
             factor = lr_factor(cfg, max(spent(), (seen + len(idx) / 2) / cfg.max_examples))
             for group in optimizer.param_groups:  # the schedule in the middle of this step
                 group["lr"] = cfg.lr * factor
-            batch = collate(data, idx, start, pad)
-            with autocast(cfg.bf16):
-                loss = sequence_loss(model, batch)
-            loss.backward()
+            batch = _to(collate(data, mine, start, pad), device)
+            with autocast(cfg.bf16, device):
+                loss = sequence_loss(net, batch)
+            if world > 1:  # weight by the share of target tokens; global loss
+                n_target = int((batch["labels"] != IGNORE_INDEX).sum())
+                weight, total_target = dist.token_weight(n_target)
+                loss_sum_all = dist.all_sum(loss.item() * n_target)[0]
+                loss = loss * weight
+            loss.backward()  # DDP averages the gradients over the processes here
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_s += time.perf_counter() - t0
+            if world > 1:  # the slowest process's time: a time budget ends at once
+                train_s = dist.all_max(train_s)
+                loss = torch.tensor(loss_sum_all / total_target)
             seen, steps = seen + len(idx), steps + 1
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             bar.update(len(idx))
@@ -601,14 +643,15 @@ def summarize(
     greedy when ``num_beams == 1``, else beam search). Documents are cut to ``max_source_len`` tokens as in
     training and decoded in batches of similar length; outputs pass through :func:`tidy`."""
     start, eos, pad = special_token_ids(model)
+    device = next(model.parameters()).device
     sources = encode_sources(tokenizer, documents, max_source_len, prefix)
     out: list[str] = [""] * len(sources)
     order = length_batches([len(s) for s in sources], batch_size, shuffle=False)
     with eval_mode(model):
         for idx in progress_bar(show_progress, iterable=order, desc="decoding"):
-            input_ids = pad_sequences([sources[i] for i in idx], pad)
-            mask = pad_sequences([[1] * len(sources[i]) for i in idx], 0)
-            with autocast(bf16), quiet_transformers():
+            input_ids = pad_sequences([sources[i] for i in idx], pad).to(device)
+            mask = pad_sequences([[1] * len(sources[i]) for i in idx], 0).to(device)
+            with autocast(bf16, device), quiet_transformers():
                 ids = model.generate(
                     input_ids=input_ids, attention_mask=mask, do_sample=False, **generate_kwargs(decode),
                     decoder_start_token_id=start, eos_token_id=eos, pad_token_id=pad,
@@ -637,10 +680,17 @@ def full_experiment(progress: bool = True) -> tuple[dict, dict]:
     the DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams), as the
     from-scratch chapter's full run (:func:`dgmbook.summarization.evaluation.full_run_evaluation`).
     Returns ``(config, metrics)``; the metrics hold the learning curve and the first summaries of
-    each evaluation."""
+    each evaluation. It trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by
+    default), data-parallel under ``torchrun``/``accelerate launch``
+    (:mod:`dgmbook.distributed`); then rank 0 alone evaluates, and the other processes
+    return empty metrics."""
     cfg = full_config()
-    result = train(cfg, show_progress=progress)
+    device = devices.resolve()
+    result = train(cfg, show_progress=progress, device=device)
+    if not dist.is_main():
+        return asdict(cfg), {}
     model, tokenizer = load_trained(result)
+    model.to(device)
     metrics: dict = {
         k: result[k]
         for k in ("examples_seen", "steps", "train_seconds", "examples_per_second",

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from .. import device as devices
+from .. import distributed as dist
 from ..utils import autocast, count_parameters, eval_mode, seed_everything
 from . import data as sd
 from . import evaluation
@@ -199,10 +201,13 @@ def lr_factor(step: int, progress_fraction: float, warmup_steps: int) -> float:
 
 
 def _losses(
-    model: Seq2SeqTransformer, batch: sd.Batch, label_smoothing: float
+    model: Seq2SeqTransformer, batch: sd.Batch, label_smoothing: float,
+    net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label-smoothed loss to minimise, plain cross-entropy to report), per target token."""
-    logits = model(batch.src, batch.tgt_in).flatten(0, 1).float()  # [B*T, V]
+    """(label-smoothed loss to minimise, plain cross-entropy to report), per target
+    token. ``net`` runs the forward pass: ``model`` in a DDP wrapper (default: model).
+    """
+    logits = (net or model)(batch.src, batch.tgt_in).flatten(0, 1).float()  # [B*T, V]
     target = batch.tgt_out.flatten()  # [B*T]
     pad = model.cfg.pad_id
     loss = F.cross_entropy(logits, target, ignore_index=pad, label_smoothing=label_smoothing)
@@ -220,15 +225,21 @@ def validation_loss(
     model: Seq2SeqTransformer, split: sd.EncodedSplit, *, batch_size: int = 64,
     bf16: bool = False, device: str = "cpu",
 ) -> float:
-    """Cross-entropy per target token (nats) over a whole split, teacher forced."""
+    """Cross-entropy per target token (nats) over a whole split, teacher forced. With
+    several processes each scores every ``world_size``-th batch; sums are reduced."""
+    world, rank = dist.world_size(), dist.rank()
     with eval_mode(model):
         total, tokens = 0.0, 0
-        for batch in split.batches(batch_size, shuffle=False):
+        for i, batch in enumerate(split.batches(batch_size, shuffle=False)):
+            if i % world != rank:
+                continue
             batch = _to(batch, device)
             with autocast(bf16, device):
                 _, ce = _losses(model, batch, 0.0)
             n = int((batch.tgt_out != model.cfg.pad_id).sum())
             total, tokens = total + ce.item() * n, tokens + n
+    if world > 1:
+        total, tokens = dist.all_sum(total, tokens)
     return total / tokens
 
 
@@ -241,13 +252,15 @@ def source_use(
     (``wrong``: the documents of each batch rotated by one; batches group similar lengths, so the
     swapped document is about as long). A model that ignores the document scores the same on both;
     ``gain = wrong - right`` is what the document is worth to it."""
+    device = next(model.parameters()).device
     with eval_mode(model):
         totals = {"right": 0.0, "wrong": 0.0}
         tokens = 0
         for batch in split.batches(batch_size, shuffle=False):
+            batch = _to(batch, device)
             n = int((batch.tgt_out != model.cfg.pad_id).sum())
             for name, src in (("right", batch.src), ("wrong", batch.src.roll(1, dims=0))):
-                with autocast(bf16, "cpu"):
+                with autocast(bf16, device):
                     loss = model.loss(src, batch.tgt_in, batch.tgt_out)
                 totals[name] += loss.item() * n
             tokens += n
@@ -262,13 +275,21 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
     ``step``, ``train_loss`` (plain cross-entropy), ``lr``; per evaluation: ``val_step``,
     ``val_epoch``, ``val_loss``), ``steps``, ``epochs``, ``parameters``, ``train_tokens``
     (source + target tokens without padding), ``seconds`` (wall time, validation included) and
-    ``tokens_per_second`` (training steps only)."""
+    ``tokens_per_second`` (training steps only).
+
+    Under ``torchrun``/``accelerate launch`` the processes train one model data-parallel
+    (:mod:`dgmbook.distributed`): ``batch_size`` is the global batch, each process
+    trains on its share, and every process returns the same result (rank 0 alone shows
+    progress and computes the ROUGE curve)."""
+    world = dist.setup(cfg.device)
     seed_everything(cfg.seed)
     train_ex, val_ex = load_splits(cfg)
     tokenizer = make_tokenizer(cfg, train_ex)
     train_enc = sd.encode_split(tokenizer, train_ex, cfg.max_source_len, cfg.max_target_len)
     val_enc = sd.encode_split(tokenizer, val_ex, cfg.max_source_len, cfg.max_target_len)
     model = Seq2SeqTransformer(model_config(cfg, tokenizer)).to(cfg.device).train()
+    net = dist.wrap(model)  # model itself with one process
+    dist.seed_dropout(cfg.seed)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -284,6 +305,12 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
         if cfg.minutes is not None:
             fractions.append(seconds / (60 * cfg.minutes))
         return max(fractions)
+
+    def elapsed() -> float:
+        """Seconds since the start; with several processes the slowest one's, so that
+        every process sets the same learning rate and a time budget ends at once."""
+        seconds = time.perf_counter() - start
+        return dist.all_max(seconds) if world > 1 else seconds
 
     curve_names = ("step", "train_loss", "lr", "val_step", "val_epoch", "val_loss")
     curves: dict[str, list[float]] = {k: [] for k in curve_names}
@@ -318,33 +345,50 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None) -> dict[str, A
 
     step, tokens, start, done = 0, 0, time.perf_counter(), False
     seen = 0  # training examples
+    rouge_examples = rouge_examples if dist.is_main() else []
     if rouge_examples:
         record_rouge(0)
-    bar = sd.progress_bar(show_progress, total=max_steps, desc="training")
+    show = show_progress and dist.is_main()
+    bar = sd.progress_bar(show, total=max_steps, desc="training")
     epoch = 0
+    lengths = [len(s) for s in train_enc.sources]
+    pad = model.cfg.pad_id
     while not done:
-        for batch in train_enc.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
-            batch = _to(batch, cfg.device)
-            lr = cfg.lr * lr_factor(step, used(step, time.perf_counter() - start), cfg.warmup_steps)
+        order = sd.length_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                  epoch=epoch)
+        for idx in order:
+            mine = dist.shard(idx)  # this process's share (all of the batch with one)
+            if mine is None:
+                continue
+            batch = _to(train_enc.batch(mine), cfg.device)
+            lr = cfg.lr * lr_factor(step, used(step, elapsed()), cfg.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast(cfg.bf16, cfg.device):
-                loss, ce = _losses(model, batch, cfg.label_smoothing)
+                loss, ce = _losses(model, batch, cfg.label_smoothing, net)
+            n_tokens = int((batch.src != pad).sum() + (batch.tgt_out != pad).sum())
+            if world > 1:  # weight by the share of target tokens; global loss
+                n_target = int((batch.tgt_out != pad).sum())
+                weight, total_target = dist.token_weight(n_target)
+                loss = loss * weight
+                ce_sum, n_tokens = dist.all_sum(ce.item() * n_target, n_tokens)
+                ce = torch.tensor(ce_sum / total_target)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over the processes here
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            seen += len(batch.src)
-            tokens += int((batch.src != model.cfg.pad_id).sum() + (batch.tgt_out != model.cfg.pad_id).sum())
-            if rouge_examples and seen // cfg.curve_every > (seen - len(batch.src)) // cfg.curve_every:
+            seen += len(idx)
+            tokens += int(n_tokens)
+            every = cfg.curve_every
+            if rouge_examples and seen // every > (seen - len(idx)) // every:
                 record_rouge(seen)
             curves["step"].append(step)
             curves["train_loss"].append(ce.item())
             curves["lr"].append(lr)
             bar.update(1)
             bar.set_postfix(loss=f"{ce.item():.3f}", refresh=False)
-            if used(step, time.perf_counter() - start) >= 1.0:
+            if used(step, elapsed()) >= 1.0:
                 done = True
                 break
         epoch += 1
@@ -421,10 +465,17 @@ def full_experiment(progress: bool = True) -> tuple[dict[str, Any], dict[str, An
     """The full run for ``python -m dgmbook full``: train :func:`full_config`, then ROUGE on the
     DialogSum test set (greedy and 4 beams) and on the XSum sample (4 beams), each with its
     repetition statistics and its first summaries, the validation-loss curve and
-    :func:`source_use`. Returns ``(config, metrics)``."""
-    cfg = full_config()
+    :func:`source_use`. Returns ``(config, metrics)``.
+
+    It trains on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default),
+    data-parallel under ``torchrun``/``accelerate launch`` (:mod:`dgmbook.distributed`);
+    then rank 0 alone evaluates, and the other processes return empty metrics."""
+    cfg = replace(full_config(), device=devices.resolve())
     result = train(cfg, show_progress=progress)
+    if not dist.is_main():
+        return asdict(cfg), {}
     model, tokenizer = load_trained(result)
+    model.to(cfg.device)
     kw = dict(max_source_len=cfg.max_source_len, show_progress=progress)
     metrics: dict[str, Any] = {
         k: result[k]
