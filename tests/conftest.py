@@ -6,6 +6,14 @@ import torch
 from dgmbook.utils import torch_threads
 
 
+@pytest.fixture(autouse=True)
+def _no_replay_settings(monkeypatch):
+    """Unit tests run without the settings that the chapters' replay gives the whole session
+    (``DGMBOOK_REPLAY=published`` turns training off and points at the published cache)."""
+    for name in ("DGMBOOK_NO_TRAINING", "DGMBOOK_REMOTE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one thread is fastest (a second only adds synchronisation, and spins when

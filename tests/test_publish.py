@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import unicodedata
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -156,6 +157,7 @@ def _title(chapter: Path) -> str:
 
 
 def _words(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)  # the PDF's ligatures: "ﬁne" is "fine"
     return " ".join(re.findall(r"[A-Za-z0-9]+", text)).lower()
 
 

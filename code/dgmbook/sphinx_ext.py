@@ -81,8 +81,17 @@ def share_html_handlers(app):
             handlers["singlehtml"].setdefault(name, pair)
 
 
+def add_stylesheet(app):
+    """The book's own CSS (``dgmbook/static/dgmbook.css``: code and outputs wrap)."""
+    static = str(Path(__file__).with_name("static"))
+    if static not in app.config.html_static_path:
+        app.config.html_static_path.append(static)
+    app.add_css_file("dgmbook.css")
+
+
 def setup(app):
     app.connect("builder-inited", share_html_handlers)
+    app.connect("builder-inited", add_stylesheet)
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)
     app.connect("config-inited", configure_launch_buttons, priority=900)
     app.connect("html-page-context", offer_executed_notebook, priority=400)
