@@ -58,13 +58,23 @@ def test_no_markup_is_left_as_text(page):
     assert not found, f"{page.name}: {found}"
 
 
+# A glue role that pastes into a span of its own ({glue:text}, {glue}, {glue:any});
+# {glue:md} pastes bare Markdown, which leaves nothing to count.
+GLUE_SPAN_ROLE = re.compile(r"\{glue(?::(?:text|any))?\}`")
+CODE_CELL = re.compile(r"^```\{code-cell\}.*?^```\s*$", re.S | re.M)
+
+
 def test_every_glued_value_was_pasted(page):
     soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
-    # myst-nb renders a glue key it cannot find as a warning box (the strict build fails on the
-    # warning, but a build with --keep-going or a cached page might not)
-    missing = [t.get_text(" ", strip=True) for t in soup.select(".pasted-text, .pasted-inline")
-               if "not found" in t.get_text().lower()]
+    pasted = soup.select(".pasted-text, .pasted-inline")
+    # a glue key it cannot find, myst-nb renders as a warning box or as nothing at all (the
+    # strict build fails on the warning; a build with --keep-going does not)
+    missing = [t.get_text(" ", strip=True) for t in pasted if "not found" in t.get_text().lower()]
     assert not missing, missing
+    source = REPO / page.relative_to(HTML).with_suffix(".md")
+    roles = len(GLUE_SPAN_ROLE.findall(CODE_CELL.sub("", source.read_text(encoding="utf-8"))))
+    assert len(pasted) == roles, (f"{page.name}: {roles} glue roles in the source, "
+                                  f"{len(pasted)} values pasted")
 
 
 def test_every_internal_link_resolves(page):
