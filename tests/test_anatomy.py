@@ -23,3 +23,20 @@ def test_chapter_anatomy(chapter):
     solutions = re.findall(r"^```\{solution\} (\S+)", body, flags=re.M)
     assert exercises, "the homework's questions are exercises"
     assert sorted(exercises) == sorted(solutions), "every exercise has exactly one solution"
+
+
+MAX_CODE_LINE = 88  # what the book's column shows whole
+
+
+@pytest.mark.parametrize("chapter", chapters(), ids=lambda p: p.stem)
+def test_code_cells_fit_the_column(chapter):
+    """Code lines short enough to show whole in the book's column, without wrapping."""
+    long, inside = [], False
+    for number, line in enumerate(chapter.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("```{code-cell}"):
+            inside = True
+        elif line.startswith("```"):
+            inside = False
+        elif inside and len(line) > MAX_CODE_LINE:
+            long.append(f"line {number} ({len(line)} characters)")
+    assert not long, f"code lines over {MAX_CODE_LINE} characters: {', '.join(long)}"
