@@ -17,7 +17,11 @@ Strategies
 
 Everything a chapter runs is ``run(Config(...))``: a plain dict of tensors and numbers that the
 run cache can store. Inputs are kept as uint8 (what a replay memory really has to store) and
-normalised per batch.
+normalised per batch. Runs train on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by
+default) or a ``device=`` argument: data and replay memory stay on the CPU, each batch moves to
+the device, random numbers are drawn on the CPU (the CNN's dropout excepted), and the results
+come back on the CPU. The building blocks (Fisher, EWC, an epoch of training) run where the
+model they are given lives.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from . import device as devices
 from . import runcache
 from .utils import autocast, check_config, count_parameters, eval_mode, seed_everything
 
@@ -189,7 +194,7 @@ def squared_grad_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``delta_n a_n^T`` (delta_n = dloss_n/dout_n), so the sum of its squares is
     ``(delta^2)^T (a^2)``: two matrix products instead of B materialised gradients. Models with
     other layers (the CNN) fall back to per-example gradients from ``torch.func.vmap``."""
-    w = torch.ones(len(x)) if weight is None else weight
+    w = torch.ones(len(x), device=x.device) if weight is None else weight
     if not _linear_only(model):
         g = _per_example_grads(model, x, y)
         return {k: torch.einsum("b,b...->...", w, v.pow(2)) for k, v in g.items()}
@@ -234,8 +239,10 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: st
                       gradients of the mean loss, ``(sum_b grad mean_b loss)^2``, data labels.
 
     Returns {name: tensor shaped like the parameter}. The model is evaluated in eval mode
-    (dropout off) and in float32.
+    (dropout off) and in float32, where it lives (``x`` and ``y`` may be on the CPU: each batch
+    moves to the model; the sampled labels are drawn on the CPU, from ``generator``).
     """
+    device = next(model.parameters()).device
     with eval_mode(model):
         params = dict(model.named_parameters())
         fisher = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -243,23 +250,24 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: st
         if mode == "course":
             model.zero_grad(set_to_none=True)
             for s in range(0, n, batch_size):
-                F.cross_entropy(model(to_input(x[s:s + batch_size])), y[s:s + batch_size]).backward()
+                xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)
+                F.cross_entropy(model(to_input(xb)), yb).backward()
             fisher = {k: v.grad.detach().pow(2) for k, v in params.items()}
             model.zero_grad(set_to_none=True)
         elif mode in ("exact", "sampled", "empirical"):
             for s in range(0, n, batch_size):
-                xb = to_input(x[s:s + batch_size])  # [B, 784]
+                xb = to_input(x[s:s + batch_size].to(device))  # [B, 784]
                 with torch.no_grad():
                     probs = F.softmax(model(xb), dim=-1)  # [B, 10]
                 if mode == "exact":
                     for c in range(probs.shape[1]):  # weight example n's squared gradient by p(c|x_n)
-                        yc = torch.full((len(xb),), c, dtype=torch.long)
+                        yc = torch.full((len(xb),), c, dtype=torch.long, device=device)
                         sq = squared_grad_sum(model, xb, yc, probs[:, c])
                         for k in fisher:
                             fisher[k] += sq[k]
                 else:
-                    yb = (torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                          if mode == "sampled" else y[s:s + batch_size])
+                    yb = (torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
+                          if mode == "sampled" else y[s:s + batch_size]).to(device)
                     sq = squared_grad_sum(model, xb, yb)
                     for k in fisher:
                         fisher[k] += sq[k]
@@ -407,14 +415,18 @@ class Config:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True,
-             batch_size: int = 2000) -> float:
-    """Fraction of uint8 inputs x [N, 784] classified as y [N]."""
+             batch_size: int = 2000, device: str | None = None) -> float:
+    """Fraction of uint8 inputs x [N, 784] classified as y [N], on ``device`` (default
+    ``$DGMBOOK_DEVICE``; the model stays where it is, a copy goes there)."""
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
     with eval_mode(model):
         correct = 0
         for s in range(0, len(x), batch_size):
-            with autocast(bf16):
-                logits = model(to_input(x[s:s + batch_size]))
-            correct += (logits.argmax(-1) == y[s:s + batch_size]).sum().item()
+            xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)
+            with autocast(bf16, device):
+                logits = model(to_input(xb))
+            correct += (logits.argmax(-1) == yb).sum().item()
     return correct / len(x)
 
 
@@ -443,16 +455,19 @@ class ConcatRows:
 def train_epochs(model, opt, x, y, cfg: Config, g: torch.Generator, ewc: EWC | None = None) -> int:
     """``cfg.epochs`` shuffled passes of mini-batch SGD over uint8 x [N, 784], y [N] (tensors, or
     :class:`ConcatRows`), adding the EWC penalty when given. Returns the number of
-    example-gradients computed."""
+    example-gradients computed. Trains where the model lives: the order is drawn on the CPU
+    (from ``g``) and each batch moves to the model's device."""
+    device = next(model.parameters()).device
     model.train()
     seen = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(len(x), generator=g)
         for s in range(0, len(x), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
-            with autocast(cfg.bf16):
-                logits = model(to_input(x[idx]))  # [B, 10]
-            loss = F.cross_entropy(logits.float(), y[idx])
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            with autocast(cfg.bf16, device):
+                logits = model(to_input(xb))  # [B, 10]
+            loss = F.cross_entropy(logits.float(), yb)
             if ewc is not None:
                 loss = loss + ewc.penalty(model)
             opt.zero_grad(set_to_none=True)
@@ -462,19 +477,21 @@ def train_epochs(model, opt, x, y, cfg: Config, g: torch.Generator, ewc: EWC | N
     return seen
 
 
-def run(cfg: Config, data: PermutedMNIST | None = None) -> dict:
+def run(cfg: Config, data: PermutedMNIST | None = None, device: str | None = None) -> dict:
     """Learn the tasks ``cfg.task_ids()`` in sequence with ``cfg.strategy``; after each, test on
-    every task of the sequence (also those not yet learned).
+    every task of the sequence (also those not yet learned). Trains on ``device`` (default
+    ``$DGMBOOK_DEVICE``); the results are on the CPU.
 
     Returns a dict (run-cache friendly): ``R`` float [T, T] the accuracy matrix, ``train_examples``
     and ``fisher_examples`` per task (example-gradients spent), ``memory_bytes`` per task (what the
     strategy stores beyond the model after that task), ``capped_fraction`` per task (EWC: share of
     coordinates at the curvature cap), ``n_params`` and ``config``."""
+    device = devices.resolve(device)
     g = seed_everything(cfg.seed)
     if data is None:
         data = load_permuted_mnist(cfg.n_train, cfg.n_test, seed=cfg.seed)
     tasks = cfg.task_ids()
-    model = make_model(cfg)
+    model = make_model(cfg).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     cap = None if cfg.ewc_cap is None else cfg.ewc_cap / cfg.lr
     ewc = EWC(cfg.ewc_lambda, cap) if cfg.strategy == "ewc" else None
@@ -504,7 +521,7 @@ def run(cfg: Config, data: PermutedMNIST | None = None) -> dict:
         capped.append(ewc.capped_fraction() if ewc else 0.0)
         memory.append(ewc.nbytes() if ewc else buffer.nbytes() if buffer else 0)
         for j, (xt, yt) in enumerate(tests):
-            R[i, j] = accuracy(model, xt, yt, cfg.bf16)
+            R[i, j] = accuracy(model, xt, yt, cfg.bf16, device=device)
     return {
         "R": R,
         "train_examples": train_examples,
@@ -545,27 +562,29 @@ def forgetting(R: torch.Tensor) -> torch.Tensor:
     return torch.stack([R[j:T - 1, j].max() - R[T - 1, j] for j in range(T - 1)])
 
 
-def fisher_comparison(cfg: Config, n: int = 2048) -> dict:
+def fisher_comparison(cfg: Config, n: int = 2048, device: str | None = None) -> dict:
     """Train ``cfg.model`` on task 0 (``cfg.epochs``, plain SGD) and estimate its diagonal Fisher
     four ways on the same ``n`` training examples (the course shortcut too, in batches of 256).
     Also returns ``grad_mean``, the mean per-example gradient of the data loss: the empirical
-    Fisher decomposes as ``mean(g^2) = grad_mean^2 + var(g)``. Tensors are flattened [P]."""
+    Fisher decomposes as ``mean(g^2) = grad_mean^2 + var(g)``. Tensors are flattened [P], on the
+    CPU; the model trains on ``device`` (default ``$DGMBOOK_DEVICE``)."""
+    device = devices.resolve(device)
     g = seed_everything(cfg.seed)
     data = load_permuted_mnist(cfg.n_train, cfg.n_test, seed=cfg.seed)
-    model = make_model(cfg)
+    model = make_model(cfg).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     x, y = data.train(0)
     train_epochs(model, opt, x, y, cfg, g)
     sub = torch.randperm(len(x), generator=g)[:n]
     xs, ys = x[sub], y[sub]
-    flat = lambda d: torch.cat([v.flatten() for v in d.values()])  # noqa: E731
+    flat = lambda d: torch.cat([v.flatten() for v in d.values()]).cpu()  # noqa: E731
     out = {m: flat(fisher_diagonal(model, xs, ys, m, generator=g))
            for m in ("sampled", "empirical", "exact", "course")}
     model.eval()  # the mean per-example gradient is the ordinary full-batch gradient
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(to_input(xs)), ys).backward()
-    out["grad_mean"] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    F.cross_entropy(model(to_input(xs.to(device))), ys.to(device)).backward()
+    out["grad_mean"] = torch.cat([p.grad.flatten() for p in model.parameters()]).cpu()
     model.zero_grad(set_to_none=True)
     out["n_batches"] = (n + 255) // 256
-    out["test_accuracy"] = accuracy(model, *data.test(0), cfg.bf16)
+    out["test_accuracy"] = accuracy(model, *data.test(0), cfg.bf16, device=device)
     return out

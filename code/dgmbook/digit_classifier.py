@@ -12,7 +12,9 @@ Chapter "Generative adversarial networks". Two sample-quality numbers that need 
 
   the squared 2-Wasserstein distance between the two Gaussians.
 
-Images are float tensors in [-1, 1], [N, 784] or [N, 28, 28] (the GAN's convention).
+Images are float tensors in [-1, 1], [N, 784] or [N, 28, 28] (the GAN's convention). Training
+and evaluation run on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default) or a
+``device=`` argument, and return their results on the CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import device as devices
 from .utils import autocast, check_config, progress, seed_everything
 
 
@@ -79,14 +82,16 @@ def mnist_float(train: bool, n: int | None = None) -> tuple[torch.Tensor, torch.
     return images.float().div(127.5).sub(1.0), labels
 
 
-def train(cfg: ClassifierConfig) -> dict:
+def train(cfg: ClassifierConfig, device: str | None = None) -> dict:
     """Train with Adam and cross-entropy on MNIST train; report accuracy on MNIST test.
 
-    Returns ``{"state_dict", "test_accuracy", "losses"}`` (``torch.save``-able).
+    Returns ``{"state_dict", "test_accuracy", "losses"}`` (``torch.save``-able, on the CPU).
+    Trains on ``device`` (default ``$DGMBOOK_DEVICE``); the batches' order is drawn on the CPU.
     """
+    device = devices.resolve(device)
     gen = seed_everything(cfg.seed)
     x, y = mnist_float(train=True, n=cfg.n_train)
-    model = DigitCNN(cfg.channels, cfg.feature_dim)
+    model = DigitCNN(cfg.channels, cfg.feature_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     steps = cfg.epochs * (len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
@@ -96,8 +101,8 @@ def train(cfg: ClassifierConfig) -> dict:
         perm = torch.randperm(len(x), generator=gen)
         for i in range(len(x) // cfg.batch_size):
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            with autocast(cfg.bf16):
-                loss = F.cross_entropy(model(x[idx]).float(), y[idx])
+            with autocast(cfg.bf16, device):
+                loss = F.cross_entropy(model(x[idx].to(device)).float(), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,8 +110,8 @@ def train(cfg: ClassifierConfig) -> dict:
             losses.append(loss.item())
     model.eval()
     x_test, y_test = mnist_float(train=False)
-    acc = (predict(model, x_test) == y_test).float().mean().item()
-    return {"state_dict": model.state_dict(), "test_accuracy": acc, "losses": losses}
+    acc = (predict(model, x_test, device) == y_test).float().mean().item()
+    return {"state_dict": model.cpu().state_dict(), "test_accuracy": acc, "losses": losses}
 
 
 def build(cfg: ClassifierConfig, result: dict) -> DigitCNN:
@@ -117,18 +122,25 @@ def build(cfg: ClassifierConfig, result: dict) -> DigitCNN:
 
 
 @torch.no_grad()
-def _batched(fn, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    return torch.cat([fn(xb) for xb in x.split(batch_size)])
+def _batched(fn, x: torch.Tensor, device: str, batch_size: int = 2000) -> torch.Tensor:
+    """fn on x in batches moved to ``device``; the result on the CPU."""
+    return torch.cat([fn(xb.to(device)) for xb in x.split(batch_size)]).cpu()
 
 
-def predict(model: DigitCNN, x: torch.Tensor) -> torch.Tensor:
-    """Predicted classes [N] (float32 inference, so results do not depend on autocast)."""
-    return _batched(lambda xb: model(xb).argmax(1), x.float())
+def predict(model: DigitCNN, x: torch.Tensor, device: str | None = None) -> torch.Tensor:
+    """Predicted classes [N] (float32 inference, so results do not depend on autocast), computed
+    on ``device`` (default ``$DGMBOOK_DEVICE``; the model stays where it is, a copy goes there)."""
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
+    return _batched(lambda xb: model(xb).argmax(1), x.float(), device)
 
 
-def features(model: DigitCNN, x: torch.Tensor) -> torch.Tensor:
-    """Penultimate-layer features [N, feature_dim], float64."""
-    return _batched(model.features, x.float()).double()
+def features(model: DigitCNN, x: torch.Tensor, device: str | None = None) -> torch.Tensor:
+    """Penultimate-layer features [N, feature_dim], float64, computed on ``device`` (default
+    ``$DGMBOOK_DEVICE``)."""
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
+    return _batched(model.features, x.float(), device).double()
 
 
 def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -154,24 +166,29 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(cross))
 
 
-def class_distribution(model: DigitCNN, x: torch.Tensor) -> torch.Tensor:
-    """The fraction of images [10] the classifier assigns to each digit."""
-    return torch.bincount(predict(model, x), minlength=10).double() / len(x)
+def class_distribution(model: DigitCNN, x: torch.Tensor, device: str | None = None) -> torch.Tensor:
+    """The fraction of images [10] the classifier assigns to each digit (classified on
+    ``device``, default ``$DGMBOOK_DEVICE``)."""
+    return torch.bincount(predict(model, x, device), minlength=10).double() / len(x)
 
 
-def evaluate(model: DigitCNN, x: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]) -> dict:
+def evaluate(model: DigitCNN, x: torch.Tensor, reference: tuple[np.ndarray, np.ndarray],
+             device: str | None = None) -> dict:
     """Sample-quality numbers for images x against reference feature statistics (mu, S):
 
     ``fd`` (Frechet distance), ``classes`` (class distribution [10]), ``kl_uniform``
     (KL(class distribution || uniform) in nats: 0 when every digit is equally frequent, log 10
     when all samples are one digit), ``modes`` (digits with at least 1/4 of their fair share),
-    ``confidence`` (the mean of the classifier's top softmax probability).
+    ``confidence`` (the mean of the classifier's top softmax probability). The classifier runs
+    on ``device`` (default ``$DGMBOOK_DEVICE``); the numbers are the CPU's.
     """
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
     x = x.float()
-    mu, s = gaussian_stats(features(model, x))
-    classes = class_distribution(model, x)
+    mu, s = gaussian_stats(features(model, x, device))
+    classes = class_distribution(model, x, device)
     nz = classes[classes > 0]
-    probs = _batched(lambda xb: F.softmax(model(xb), 1).max(1).values, x)
+    probs = _batched(lambda xb: F.softmax(model(xb), 1).max(1).values, x, device)
     return {
         "fd": frechet_distance(mu, s, *reference),
         "classes": classes,

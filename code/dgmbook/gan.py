@@ -12,7 +12,9 @@ Chapter "Generative adversarial networks". Everything the chapter runs lives her
 * per-sample norms of the generator's gradient (minimax vs non-saturating loss).
 
 Conventions: images are float tensors in [-1, 1] of shape [N, 784] (flattened 28 x 28);
-the discriminator returns logits of shape [N].
+the discriminator returns logits of shape [N]. Training and evaluation run on
+``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default) or a ``device=`` argument, draw
+their random numbers on the CPU, and return their results on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import device as devices
 from .utils import autocast, check_config, progress, seed_everything, torch_threads
 
 LOSSES = ("ns", "minimax")
@@ -158,31 +161,32 @@ def mlp_1d(hidden: int) -> nn.Module:
     )
 
 
-def train_discriminator_1d(cfg: Toy1DConfig) -> dict:
+def train_discriminator_1d(cfg: Toy1DConfig, device: str | None = None) -> dict:
     """Minimise L_D with Adam on fresh mini-batches of ``cfg.data`` and ``cfg.model``.
 
     Returns the state dict of the MLP (use :func:`mlp_1d` to rebuild it) and the loss curve.
     Runs on one thread: the operations are far too small to gain from more, and the result then
-    does not depend on the machine's thread count.
+    does not depend on the machine's thread count. On ``device`` (default ``$DGMBOOK_DEVICE``).
     """
+    device = devices.resolve(device)
     with torch_threads(1):
-        return _train_discriminator_1d(cfg)
+        return _train_discriminator_1d(cfg, device)
 
 
-def _train_discriminator_1d(cfg: Toy1DConfig) -> dict:
+def _train_discriminator_1d(cfg: Toy1DConfig, device: str) -> dict:
     gen = seed_everything(cfg.seed)
-    net = mlp_1d(cfg.hidden)
+    net = mlp_1d(cfg.hidden).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     losses = []
     for _ in range(cfg.steps):
-        x_real = cfg.data.sample(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
-        x_fake = cfg.model.sample(cfg.batch_size, gen).reshape(-1, 1)  # [B, 1]
+        x_real = cfg.data.sample(cfg.batch_size, gen).reshape(-1, 1).to(device)  # [B, 1]
+        x_fake = cfg.model.sample(cfg.batch_size, gen).reshape(-1, 1).to(device)  # [B, 1]
         loss = discriminator_loss(net(x_real).squeeze(1), net(x_fake).squeeze(1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return {"state_dict": net.state_dict(), "losses": losses}
+    return {"state_dict": net.cpu().state_dict(), "losses": losses}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,28 +332,30 @@ def _sample_batch(data: torch.Tensor, batch_size: int, gen: torch.Generator) -> 
     return data[idx]
 
 
-def train(cfg: GANConfig, data: torch.Tensor | None = None) -> dict:
-    """Alternate one discriminator step and one generator step, ``cfg.iters`` times.
+def train(cfg: GANConfig, data: torch.Tensor | None = None, device: str | None = None) -> dict:
+    """Alternate one discriminator step and one generator step, ``cfg.iters`` times, on
+    ``device`` (default ``$DGMBOOK_DEVICE``; batches and z are drawn on the CPU, then moved).
 
     data: [N, 784] in [-1, 1] (default: the first ``cfg.n_train`` MNIST training images).
-    Returns a dict (all ``torch.save``-able):
+    Returns a dict (all ``torch.save``-able, on the CPU):
       ``G``, ``D``: final state dicts; ``G_snapshots``: {iteration: state dict};
       ``samples``: {iteration: uint8 [n_grid, 28, 28]} on fixed z; ``curves``: per-iteration lists
       ``d_loss``, ``g_loss``, ``d_real`` (mean D(x)), ``d_fake`` (mean D(G(z)) in the D step),
       ``g_grad_norm`` (norm of the generator's gradient), ``g_step_norm`` (norm of Adam's update).
     """
+    device = devices.resolve(device)
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown generator loss {cfg.loss!r}; use one of {LOSSES}")
     if data is None:
         data, _ = mnist_vectors(train=True, n=cfg.n_train)
     gen = seed_everything(cfg.seed)
-    G = Generator(cfg.z_dim, cfg.g_hidden, cfg.g_arch)
-    D = Discriminator(cfg.d_hidden, cfg.d_arch)
+    G = Generator(cfg.z_dim, cfg.g_hidden, cfg.g_arch).to(device)
+    D = Discriminator(cfg.d_hidden, cfg.d_arch).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2),
                              fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2),
                              fused=True)
-    z_grid = torch.randn(cfg.n_grid, cfg.z_dim, generator=gen)  # [n_grid, z_dim], fixed
+    z_grid = torch.randn(cfg.n_grid, cfg.z_dim, generator=gen).to(device)  # [n_grid, z_dim]
 
     curves = {k: [] for k in ("d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm", "g_step_norm")}
     samples, snapshots = {}, {}
@@ -357,15 +363,15 @@ def train(cfg: GANConfig, data: torch.Tensor | None = None) -> dict:
     def snapshot(it: int) -> None:
         G.eval()  # BatchNorm (conv G) uses its running statistics and does not update them
         with torch.no_grad():
-            samples[it] = to_uint8(G(z_grid))
+            samples[it] = to_uint8(G(z_grid)).cpu()
         G.train()
-        snapshots[it] = {k: v.clone() for k, v in G.state_dict().items()}
+        snapshots[it] = {k: v.clone().cpu() for k, v in G.state_dict().items()}
 
     def discriminator_step():
         # G's output is detached: no gradient flows into the generator
-        x_real = _sample_batch(data, cfg.batch_size, gen)  # [B, 784]
-        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen)  # [B, z_dim]
-        with autocast(cfg.bf16):
+        x_real = _sample_batch(data, cfg.batch_size, gen).to(device)  # [B, 784]
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(device)  # [B, z_dim]
+        with autocast(cfg.bf16, device):
             with torch.no_grad():
                 x_fake = G(z)  # [B, 784]
             real_logits, fake_logits = D(x_real), D(x_fake.detach())  # [B], [B]
@@ -383,9 +389,9 @@ def train(cfg: GANConfig, data: torch.Tensor | None = None) -> dict:
         # --- discriminator step -------------------------------------------------------------
         loss_d, real_logits, fake_logits = discriminator_step()
         # --- generator step: fresh z; D's weights are frozen (their gradient is not needed) -
-        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen)
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(device)
         D.requires_grad_(False)
-        with autocast(cfg.bf16):
+        with autocast(cfg.bf16, device):
             loss_g = generator_loss(D(G(z)).float(), cfg.loss)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -403,8 +409,8 @@ def train(cfg: GANConfig, data: torch.Tensor | None = None) -> dict:
         curves["d_fake"].append(torch.sigmoid(fake_logits).mean().item())
     snapshot(cfg.iters)
     return {
-        "G": {k: v.clone() for k, v in G.state_dict().items()},
-        "D": {k: v.clone() for k, v in D.state_dict().items()},
+        "G": {k: v.clone().cpu() for k, v in G.state_dict().items()},
+        "D": {k: v.clone().cpu() for k, v in D.state_dict().items()},
         "G_snapshots": snapshots,
         "samples": samples,
         "curves": curves,
@@ -421,11 +427,15 @@ def build(cfg: GANConfig, result: dict, snapshot: int | None = None) -> tuple[Ge
 
 
 @torch.no_grad()
-def generate(G: Generator, n: int, seed: int = 0, batch_size: int = 2000) -> torch.Tensor:
-    """n samples [n, 784] in [-1, 1] from G, with z drawn from a generator seeded by ``seed``."""
+def generate(G: Generator, n: int, seed: int = 0, batch_size: int = 2000,
+             device: str | None = None) -> torch.Tensor:
+    """n samples [n, 784] in [-1, 1] from G, with z drawn from a generator seeded by ``seed``
+    (on the CPU), run on ``device`` (default ``$DGMBOOK_DEVICE``); the samples are on the CPU."""
+    device = devices.resolve(device)
+    G = devices.module_on(G, device)
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, G.z_dim, generator=gen)
-    return torch.cat([G(zb) for zb in z.split(batch_size)])
+    return torch.cat([G(zb.to(device)) for zb in z.split(batch_size)]).cpu()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,18 +444,21 @@ def generate(G: Generator, n: int, seed: int = 0, batch_size: int = 2000) -> tor
 
 
 def per_sample_generator_grad_norms(G: Generator, D: Discriminator, z: torch.Tensor,
-                                    chunk_size: int = 64) -> dict:
+                                    chunk_size: int = 64, device: str | None = None) -> dict:
     """For each z_i: D(G(z_i)) and the norms of the gradients, w.r.t. all of G's parameters, of
     the single-sample minimax loss log(1 - D(G(z_i))) and non-saturating loss -log D(G(z_i)).
 
     Both losses depend on theta only through h = logit D(G(z)), so
       grad minimax = -D * dh/dtheta,   grad NS = -(1 - D) * dh/dtheta,
-    and their ratio is exactly D / (1 - D). Computed in float64 with torch.func (vmap of grad).
-    Returns float64 tensors [N]: ``d``, ``minimax``, ``ns``, ``dh`` (the norm of dh/dtheta).
+    and their ratio is exactly D / (1 - D). Computed in float64 with torch.func (vmap of grad),
+    on ``device`` (default ``$DGMBOOK_DEVICE``; G and D stay where they are, copies go there).
+    Returns float64 tensors [N] on the CPU: ``d``, ``minimax``, ``ns``, ``dh`` (the norm of
+    dh/dtheta).
     """
     from torch.func import functional_call, grad, vmap
 
-    G64, D64 = _float64_copy(G), _float64_copy(D)
+    device = devices.resolve(device)
+    G64, D64 = _float64_copy(G, device), _float64_copy(D, device)
     params = {k: v.detach() for k, v in G64.named_parameters()}
 
     def logit(p, zi):  # zi [z_dim] -> scalar h
@@ -462,27 +475,31 @@ def per_sample_generator_grad_norms(G: Generator, D: Discriminator, z: torch.Ten
     def per_sample(f):  # vmap over samples, in chunks to bound memory ([chunk, n_params] grads)
         return norm(vmap(grad(f), in_dims=(None, 0), chunk_size=chunk_size)(params, z))
 
-    z = z.double()
+    z = z.double().to(device)
     g_mm = per_sample(lambda p, zi: losses(p, zi)[0])
     g_ns = per_sample(lambda p, zi: losses(p, zi)[1])
     g_h = per_sample(logit)
     with torch.no_grad():
         d = torch.sigmoid(D64(G64(z)))
-    return {"d": d, "minimax": g_mm, "ns": g_ns, "dh": g_h}
+    return {"d": d.cpu(), "minimax": g_mm.cpu(), "ns": g_ns.cpu(), "dh": g_h.cpu()}
 
 
-def gradient_probe(cfg: GANConfig, run: dict, steps, n: int = 200, seed: int = 2) -> dict:
+def gradient_probe(cfg: GANConfig, run: dict, steps, n: int = 200, seed: int = 2,
+                   device: str | None = None) -> dict:
     """:func:`per_sample_generator_grad_norms` of the generator at each of ``steps`` (snapshots of
     a :func:`train` run) against the run's final discriminator, for ``n`` latent vectors drawn
-    with ``seed``: ``{step: {"d", "minimax", "ns", "dh"}}``."""
+    with ``seed``: ``{step: {"d", "minimax", "ns", "dh"}}``, on ``device`` (default
+    ``$DGMBOOK_DEVICE``)."""
+    device = devices.resolve(device)
     z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed))
     _, D = build(cfg, run)
-    return {step: per_sample_generator_grad_norms(build(cfg, run, snapshot=step)[0], D, z)
+    return {step: per_sample_generator_grad_norms(build(cfg, run, snapshot=step)[0], D, z,
+                                                  device=device)
             for step in steps}
 
 
-def _float64_copy(module: nn.Module) -> nn.Module:
-    m = copy.deepcopy(module).double().eval()
+def _float64_copy(module: nn.Module, device: str = "cpu") -> nn.Module:
+    m = copy.deepcopy(module).double().to(device).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     return m

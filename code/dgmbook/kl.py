@@ -2,7 +2,9 @@
 forward- vs reverse-KL fits of a Gaussian to a bimodal target, computed by quadrature.
 
 All densities here are one-dimensional; quadrature is the trapezoid rule on a fixed grid, in
-float64, with log-densities combined in log space so that tails do not underflow.
+float64, with log-densities combined in log space so that tails do not underflow. The fits and
+the surface run on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU by default) or a
+``device=`` argument and return CPU tensors; the other functions compute where their inputs live.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import device as devices
 from .utils import check_config
 
 LOG_2PI = math.log(2 * math.pi)
@@ -77,9 +80,9 @@ class Mixture:
     stds: tuple[float, ...] = (0.6, 0.6)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        w = torch.tensor(self.weights, dtype=x.dtype)
-        m = torch.tensor(self.means, dtype=x.dtype)
-        s = torch.tensor(self.stds, dtype=x.dtype)
+        w = torch.tensor(self.weights, dtype=x.dtype, device=x.device)
+        m = torch.tensor(self.means, dtype=x.dtype, device=x.device)
+        s = torch.tensor(self.stds, dtype=x.dtype, device=x.device)
         # x: [N] -> [N, 1] against components [K]; logsumexp over K keeps the tails finite
         comp = -0.5 * ((x[:, None] - m) / s) ** 2 - torch.log(s) - 0.5 * LOG_2PI  # [N, K]
         return torch.logsumexp(comp + torch.log(w), dim=1)  # [N]
@@ -111,7 +114,7 @@ def kl_quadrature(log_p: torch.Tensor, log_q: torch.Tensor, x: torch.Tensor) -> 
 def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """log N(x; mu, sigma^2) for a grid x [N] and parameters mu, log_sigma [B] -> [B, N]
     (scalars give [N])."""
-    mu, log_sigma = torch.as_tensor(mu), torch.as_tensor(log_sigma)
+    mu, log_sigma = (torch.as_tensor(t, device=x.device) for t in (mu, log_sigma))
     mu, log_sigma = mu[..., None], log_sigma[..., None]  # [B] -> [B, 1] against x [N]
     return -0.5 * ((x - mu) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
 
@@ -155,18 +158,22 @@ def fit_gaussians(
     steps: int = 1500,
     lr: float = 0.05,
     record_every: int = 25,
+    device: str | None = None,
 ) -> FitResult:
     """Fit Q = N(mu, sigma^2) to the target by Adam on the forward or reverse KL, from each of
-    B initializations at once (mu0, sigma0: floats or [B] tensors).
+    B initializations at once (mu0, sigma0: floats or [B] tensors), on ``device`` (default
+    ``$DGMBOOK_DEVICE``; the result is on the CPU).
 
     The B divergences are summed into one loss; since each depends on its own (mu, log sigma)
     only and Adam acts element-wise, this is exactly B independent fits. sigma is optimized
     through log sigma so that it stays positive.
     """
-    x = grid()
+    device = devices.resolve(device)
+    x = grid().to(device)
     log_target = target.log_prob(x)  # [N], computed once
-    mu = torch.atleast_1d(torch.as_tensor(mu0, dtype=torch.float64)).clone().requires_grad_()
-    log_sigma = torch.atleast_1d(torch.as_tensor(sigma0, dtype=torch.float64)).log().requires_grad_()
+    mu = torch.atleast_1d(torch.as_tensor(mu0, dtype=torch.float64)).clone()
+    log_sigma = torch.atleast_1d(torch.as_tensor(sigma0, dtype=torch.float64)).log()
+    mu, log_sigma = mu.to(device).requires_grad_(), log_sigma.to(device).requires_grad_()
     opt = torch.optim.Adam([mu, log_sigma], lr=lr)
     path = []
     for step in range(steps):
@@ -178,22 +185,26 @@ def fit_gaussians(
     with torch.no_grad():
         final = _divergence(direction, log_target, x, mu, log_sigma)
     path.append(torch.stack([mu.detach(), log_sigma.detach().exp()], dim=-1))
-    return FitResult(mu.detach(), log_sigma.detach().exp(), final, torch.stack(path))
+    return FitResult(mu.detach().cpu(), log_sigma.detach().exp().cpu(), final.cpu(),
+                     torch.stack(path).cpu())
 
 
-def kl_surface(target: Mixture, direction: str, mus: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """The divergence on a (sigma, mu) grid, for contour plots: returns [len(sigmas), len(mus)].
+def kl_surface(target: Mixture, direction: str, mus: torch.Tensor, sigmas: torch.Tensor,
+               device: str | None = None) -> torch.Tensor:
+    """The divergence on a (sigma, mu) grid, for contour plots: returns [len(sigmas), len(mus)]
+    (on the CPU; computed on ``device``, default ``$DGMBOOK_DEVICE``).
 
     Computed one sigma row at a time so memory stays at [len(mus), grid points].
     """
-    x = grid()
+    device = devices.resolve(device)
+    x = grid().to(device)
     log_target = target.log_prob(x)
-    mus = mus.double()
+    mus = mus.double().to(device)
     rows = [
         _divergence(direction, log_target, x, mus, torch.full_like(mus, float(s)).log())
         for s in sigmas
     ]
-    return torch.stack(rows)  # [S, M]
+    return torch.stack(rows).cpu()  # [S, M]
 
 
 @dataclass(frozen=True)
@@ -213,16 +224,17 @@ class BasinConfig:
         check_config(self, positive=("mu_n", "sigma_range", "sigma_n", "steps", "lr"))
 
 
-def reverse_kl_basins(cfg: BasinConfig) -> dict[str, torch.Tensor]:
+def reverse_kl_basins(cfg: BasinConfig, device: str | None = None) -> dict[str, torch.Tensor]:
     """Fit the reverse KL from every start of the grid (one batch of independent fits) and return
     the starts ``mu0`` [M], ``sigma0`` [S] and where each fit ends: ``mu``, ``sigma``, ``kl``
-    [S, M]."""
+    [S, M] (fitted on ``device``, default ``$DGMBOOK_DEVICE``; on the CPU)."""
+    device = devices.resolve(device)
     m0 = torch.linspace(*cfg.mu_range, cfg.mu_n, dtype=torch.float64)
     lo, hi = (math.log10(s) for s in cfg.sigma_range)
     s0 = torch.logspace(lo, hi, cfg.sigma_n, dtype=torch.float64)
     # the grid as one batch: mu varies fastest, [S * M]
     fit = fit_gaussians(cfg.target, "reverse", m0.repeat(len(s0)), s0.repeat_interleave(len(m0)),
-                        steps=cfg.steps, lr=cfg.lr)
+                        steps=cfg.steps, lr=cfg.lr, device=device)
     shape = (len(s0), len(m0))  # [S * M] -> [S, M]
     return {"mu0": m0, "sigma0": s0, "mu": fit.mu.reshape(shape),
             "sigma": fit.sigma.reshape(shape), "kl": fit.kl.reshape(shape)}

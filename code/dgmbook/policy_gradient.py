@@ -14,6 +14,11 @@ through it. The supervised trainer uses the labels directly (cross-entropy).
 Also here: a small discrete problem on which the estimator can be compared with the exact
 gradient (:class:`DiscreteProblem`), and the measurement of the estimator's variance against the
 true gradient of the expected reward (:func:`estimator_stats`).
+
+:func:`train` and :func:`variance_study` run on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the
+CPU by default) or a ``device=`` argument and return their results on the CPU; every random
+number (initialisation, minibatches, the uniforms behind the sampled actions) is drawn on the
+CPU, and the black box stays NumPy. The estimators and losses run where their network lives.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import device as devices
 from .utils import check_config, progress, torch_threads
 
 # --- data ----------------------------------------------------------------------------------------
@@ -261,8 +267,9 @@ def evaluate(net: EnsembleMLP, x: torch.Tensor, y: torch.Tensor, n_classes: int)
     return {"acc": hit.mean(1), "recall": recall}
 
 
-def train(cfg: PGConfig, data=None) -> dict:
-    """Train one network per seed, with REINFORCE through the black box or with cross-entropy.
+def train(cfg: PGConfig, data=None, device: str | None = None) -> dict:
+    """Train one network per seed, with REINFORCE through the black box or with cross-entropy,
+    on ``device`` (default ``$DGMBOOK_DEVICE``; the results are on the CPU).
 
     Returns curves logged at iteration 0 and every ``eval_every`` iterations: ``iters`` [T],
     ``test_acc`` [S, T], ``train_acc`` [S, T] (on at most 10,000 training examples), ``reward``
@@ -270,14 +277,17 @@ def train(cfg: PGConfig, data=None) -> dict:
     them only to report this), ``recall`` [S, T, K] (test, per class); ``final_test_acc`` [S],
     ``queries`` (guesses scored by the black box) and the final ``state_dict``.
     """
+    device = devices.resolve(device)
     x_tr, y_tr, x_te, y_te = data if data is not None else load_task(cfg)
     n, K, S = len(x_tr), int(max(y_tr.max(), y_te.max())) + 1, len(cfg.seeds)
     B = cfg.batch_size if 0 < cfg.batch_size < n else n
     with torch_threads(cfg.threads):
-        net = EnsembleMLP((x_tr.shape[1], *cfg.hidden, K), cfg.seeds)
+        net = EnsembleMLP((x_tr.shape[1], *cfg.hidden, K), cfg.seeds).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         gens = [torch.Generator().manual_seed(10_000 + s) for s in cfg.seeds]  # batches, actions
         env = BlackBoxReward(y_tr, cfg.reward_correct, cfg.reward_wrong)
+        # what the network sees lives on the device (the black box keeps its NumPy labels)
+        x_tr, y_tr, x_te, y_te = (t.to(device) for t in (x_tr, y_tr, x_te, y_te))
         logs: dict = {k: [] for k in ("iters", "test_acc", "train_acc", "reward", "recall")}
 
         def log(it: int, rewards: torch.Tensor) -> None:
@@ -294,27 +304,27 @@ def train(cfg: PGConfig, data=None) -> dict:
             if B == n:
                 return torch.arange(n).expand(S, n), x_tr
             idx = torch.stack([torch.randint(0, n, (B,), generator=g) for g in gens])
-            return idx, x_tr[idx]
+            return idx, x_tr[idx.to(device)]
 
         def uniforms(m: int) -> torch.Tensor:  # [S, m], member s from its own generator
-            return torch.stack([torch.rand(m, generator=g) for g in gens])
+            return torch.stack([torch.rand(m, generator=g) for g in gens]).to(device)
 
         with torch.no_grad():
             m = min(n, 4096)
             a0 = sample_actions(net(x_tr[:m]), uniforms(m))  # [S, m]
-            log(0, env(np.arange(m)[None].repeat(S, 0), a0.numpy()))
+            log(0, env(np.arange(m)[None].repeat(S, 0), a0.cpu().numpy()).to(device))
         for it in progress(range(1, cfg.iters + 1), desc=f"{cfg.task}/{cfg.method}"):
-            idx, x = batch()
+            idx, x = batch()  # idx [S, B] on the CPU (the black box's rows)
             logits = net(x)  # [S, B, K]
             actions = sample_actions(logits, uniforms(B))  # [S, B], sampled
-            rewards = env(idx.numpy(), actions.numpy())  # [S, B], from the black box
+            rewards = env(idx.numpy(), actions.cpu().numpy()).to(device)  # [S, B], black box
             if cfg.method == "reinforce":
                 adv = rewards - baseline_values(rewards, cfg.baseline)  # [S, B]
                 loss = reinforce_surrogate(logits, actions, adv)
             elif cfg.method == "expected":  # the true gradient of R on the batch, no sampling
-                loss = expected_reward_loss(logits, env.all_actions(idx.numpy(), K))
+                loss = expected_reward_loss(logits, env.all_actions(idx.numpy(), K).to(device))
             elif cfg.method == "supervised":
-                loss = supervised_loss(logits, y_tr[idx])
+                loss = supervised_loss(logits, y_tr[idx.to(device)])
             else:
                 raise ValueError(f"unknown method {cfg.method!r}")
             opt.zero_grad(set_to_none=True)
@@ -322,16 +332,16 @@ def train(cfg: PGConfig, data=None) -> dict:
             opt.step()
             if it % cfg.eval_every == 0 or it == cfg.iters:
                 log(it, rewards)
-    stack = lambda k: torch.stack(logs[k], dim=1)  # noqa: E731  [S, T, ...]
+    stack = lambda k: torch.stack(logs[k], dim=1).cpu()  # noqa: E731  [S, T, ...]
     return {
         "iters": logs["iters"],
         "test_acc": stack("test_acc"),
         "train_acc": stack("train_acc"),
         "reward": stack("reward"),
         "recall": stack("recall"),
-        "final_test_acc": logs["test_acc"][-1],
+        "final_test_acc": logs["test_acc"][-1].cpu(),
         "queries": env.queries,
-        "state_dict": {k: v.clone() for k, v in net.state_dict().items()},
+        "state_dict": {k: v.clone().cpu() for k, v in net.state_dict().items()},
         "seeds": list(cfg.seeds),
     }
 
@@ -373,10 +383,12 @@ def true_gradient(net: nn.Module, x: torch.Tensor, reward_table: torch.Tensor) -
 def reinforce_gradient(net: nn.Module, x: torch.Tensor, idx, env: BlackBoxReward,
                        baseline: str, generator: torch.Generator) -> torch.Tensor:
     """One REINFORCE estimate of grad R (ascent direction) from one round of sampled actions on
-    the batch x [B, d] (rows ``idx`` of the black box's dataset): [P]."""
+    the batch x [B, d] (rows ``idx`` of the black box's dataset): [P], where x lives (the
+    uniforms are drawn on the CPU from ``generator``)."""
     logits = net(x)  # [B, K]
-    actions = sample_actions(logits, torch.rand(len(x), generator=generator))  # [B]
-    rewards = env(idx, actions.numpy())  # [B]
+    u = torch.rand(len(x), generator=generator).to(x.device)  # [B]
+    actions = sample_actions(logits, u)  # [B]
+    rewards = env(idx, actions.cpu().numpy()).to(x.device)  # [B]
     adv = rewards - baseline_values(rewards, baseline)
     return -flat_grad(reinforce_surrogate(logits, actions, adv), net.parameters())
 
@@ -391,7 +403,7 @@ def estimator_stats(net: nn.Module, x: torch.Tensor, idx, env: BlackBoxReward, b
     similarity between g_hat and g.
     """
     n_classes = net(x[:1]).shape[1]
-    g = true_gradient(net, x, env.all_actions(idx, n_classes))  # [P]
+    g = true_gradient(net, x, env.all_actions(idx, n_classes).to(x.device))  # [P]
     est = torch.stack([reinforce_gradient(net, x, idx, env, baseline, generator)
                        for _ in range(n_draws)])  # [R, P]
     return {
@@ -441,26 +453,29 @@ class VarianceConfig:
     seed: int = 0
 
 
-def variance_study(cfg: VarianceConfig) -> dict:
+def variance_study(cfg: VarianceConfig, device: str | None = None) -> dict:
     """``estimator_stats`` at initialisation and at the end of a REINFORCE run, for every reward
     scheme and baseline. Returns {"stats": {(stage, (correct, wrong), baseline): stats},
-    "info": {(stage, (correct, wrong)): {"b_opt", "mean_reward"}}, "train": the run}."""
+    "info": {(stage, (correct, wrong)): {"b_opt", "mean_reward"}}, "train": the run}. On
+    ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU."""
+    device = devices.resolve(device)
     tc = cfg.train_cfg
     data = load_task(tc)
     x_tr, y_tr = data[0], data[1]
     sizes = (x_tr.shape[1], *tc.hidden, int(y_tr.max()) + 1)
-    trained = train(tc, data)
+    trained = train(tc, data, device=device)
+    x_tr = x_tr.to(device)  # the black box keeps the labels y_tr
     stats, info = {}, {}
     with torch_threads(tc.threads):
         for stage in ("init", "trained"):
             ens = EnsembleMLP(sizes, tc.seeds)
             if stage == "trained":
                 ens.load_state_dict(trained["state_dict"])
-            net = ens.member(0)
+            net = ens.member(0).to(device)
             idx = np.arange(len(x_tr))
             for rc, rw in cfg.rewards:
                 env = BlackBoxReward(y_tr, rc, rw)
-                table = env.all_actions(idx, sizes[-1])  # [n, K]
+                table = env.all_actions(idx, sizes[-1]).to(device)  # [n, K]
                 with torch.no_grad():
                     mean_r = (torch.softmax(net(x_tr), -1) * table).sum(1).mean().item()
                 b_opt = optimal_constant_baseline(net, x_tr, table)

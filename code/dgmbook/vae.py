@@ -13,7 +13,9 @@ importance-weighted bound (IWAE; Burda, Grosse & Salakhutdinov 2016).
 Everything the chapter runs is here: the config (every choice of the reference setup is a field),
 the two functions the homework asks for (:func:`sample_gaussian`, :meth:`VAE.negative_elbo_bound`),
 the IWAE bound, the data (dynamic binarization for training, the course's 100-image test subset),
-the training loop and the evaluations. Command line (with a progress bar)::
+the training loop and the evaluations, on ``$DGMBOOK_DEVICE`` (:mod:`dgmbook.device`; the CPU
+by default) or a ``device=`` argument, with results on the CPU. Command line (with a progress
+bar)::
 
     python -m dgmbook.vae --z-dim 64 --iters 10000 --seeds 0 1 2 3 4
 """
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dgmbook import device as devices
 from dgmbook.data import load_image_dataset
 from dgmbook.utils import autocast, check_config, progress, seed_everything, torch_threads
 
@@ -281,21 +284,23 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def train(cfg: VAEConfig, x_train: torch.Tensor | None = None) -> dict:
-    """Train one VAE; returns its state dict and the training curves.
+def train(cfg: VAEConfig, x_train: torch.Tensor | None = None, device: str | None = None) -> dict:
+    """Train one VAE; returns its state dict and the training curves (on the CPU).
 
     x_train: uint8 (N, 784) images (default: the 60,000 MNIST training images). Each epoch
     visits them in a fresh random order, cfg.batch_size at a time, like the course's DataLoader.
     curves: per cfg.log_every iterations, the mean over those iterations of the batch negative
-    ELBO, KL and reconstruction terms.
+    ELBO, KL and reconstruction terms. It trains on ``device`` (default ``$DGMBOOK_DEVICE``);
+    the order and the binarization are drawn on the CPU, then each batch moves there.
     """
+    device = devices.resolve(device)
     seed_everything(cfg.seed)
     if x_train is None:
         x_train = load_image_dataset("MNIST", train=True)[0].reshape(-1, 784)
     n_batches = x_train.shape[0] // cfg.batch_size
-    model = VAE(cfg)
+    model = VAE(cfg).to(device)
     opt = make_optimizer(model, cfg.lr)
-    sums = torch.zeros(3)  # running sums of (nelbo, kl, rec) since the last log point
+    sums = torch.zeros(3, device=device)  # running sums of (nelbo, kl, rec) since the last log
     curves = []
     for it in progress(range(cfg.iters), desc=f"vae z={cfg.z_dim} seed={cfg.seed}"):
         if it % n_batches == 0:
@@ -303,19 +308,19 @@ def train(cfg: VAEConfig, x_train: torch.Tensor | None = None) -> dict:
         idx = order[(it % n_batches) * cfg.batch_size:][: cfg.batch_size]  # (B,)
         x_u8 = x_train.index_select(0, idx)  # (B, 784) uint8
         x = binarize_batch(x_u8) if cfg.dynamic_binarization else (x_u8 >= 128).float()
-        with autocast(cfg.bf16):
-            nelbo, kl, rec = model.negative_elbo_bound(x)
+        with autocast(cfg.bf16, device):
+            nelbo, kl, rec = model.negative_elbo_bound(x.to(device))
         opt.zero_grad(set_to_none=True)
         nelbo.backward()
         opt.step()
         sums += torch.stack([nelbo.detach(), kl.detach(), rec.detach()])
         if (it + 1) % cfg.log_every == 0:
             curves.append(sums / cfg.log_every)
-            sums = torch.zeros(3)
-    c = torch.stack(curves) if curves else torch.zeros(0, 3)  # (iters // log_every, 3)
+            sums = torch.zeros(3, device=device)
+    c = torch.stack(curves).cpu() if curves else torch.zeros(0, 3)  # (iters // log_every, 3)
     steps = torch.arange(1, c.shape[0] + 1) * cfg.log_every
     return {
-        "state_dict": {k: t.clone() for k, t in model.state_dict().items()},
+        "state_dict": {k: t.clone().cpu() for k, t in model.state_dict().items()},
         "curves": {"iter": steps, "nelbo": c[:, 0], "kl": c[:, 1], "rec": c[:, 2]},
     }
 
@@ -328,15 +333,18 @@ def load_model(cfg: VAEConfig, state_dict: dict) -> VAE:
 
 @torch.no_grad()
 def evaluate_bound(model: VAE, x: torch.Tensor, repeats: int, seed: int = 0,
-                   rows_per_batch: int = 2_000) -> dict[str, float]:
+                   rows_per_batch: int = 2_000, device: str | None = None) -> dict[str, float]:
     """The one-sample negative ELBO (with its KL and reconstruction terms) averaged over the
     images x (n, 784) and over `repeats` independent draws, in fp32 (the course's
-    evaluate_lower_bound, batched: each image appears `repeats` times in the batches)."""
+    evaluate_lower_bound, batched: each image appears `repeats` times in the batches), on
+    ``device`` (default ``$DGMBOOK_DEVICE``; the draws z ~ q are that device's)."""
+    device = devices.resolve(device)
+    model, x = devices.module_on(model, device), x.to(device)
     torch.manual_seed(seed)
     n, rows = x.shape[0], repeats * x.shape[0]  # the rows of x.repeat(repeats, 1), never built:
-    tot = torch.zeros(3, dtype=torch.float64)   # for 10 draws of the test set it is 0.3 GB
+    tot = torch.zeros(3, dtype=torch.float64, device=device)  # for 10 test sets it is 0.3 GB
     for start in range(0, rows, rows_per_batch):
-        chunk = x[torch.arange(start, min(start + rows_per_batch, rows)) % n]
+        chunk = x[torch.arange(start, min(start + rows_per_batch, rows), device=device) % n]
         terms = model.negative_elbo_bound(chunk)
         tot += torch.stack(terms).double() * chunk.shape[0]
     tot /= rows
@@ -345,8 +353,11 @@ def evaluate_bound(model: VAE, x: torch.Tensor, repeats: int, seed: int = 0,
 
 @torch.no_grad()
 def evaluate_iwae(model: VAE, x: torch.Tensor, iw: int, seed: int = 0,
-                  samples_per_batch: int = 10_000) -> float:
-    """The negative IWAE bound with iw importance samples, averaged over the images x (n, 784)."""
+                  samples_per_batch: int = 10_000, device: str | None = None) -> float:
+    """The negative IWAE bound with iw importance samples, averaged over the images x (n, 784),
+    on ``device`` (default ``$DGMBOOK_DEVICE``)."""
+    device = devices.resolve(device)
+    model, x = devices.module_on(model, device), x.to(device)
     torch.manual_seed(seed)
     per = max(1, samples_per_batch // iw)  # images per batch
     tot = 0.0
@@ -358,40 +369,53 @@ def evaluate_iwae(model: VAE, x: torch.Tensor, iw: int, seed: int = 0,
 
 @torch.no_grad()
 def iwae_bounds(model: VAE, x: torch.Tensor, ks=(1, 10, 100, 1000), seed: int = 0,
-                bf16: bool = True) -> dict[int, float]:
-    """The negative IWAE bound for each k in ks, averaged over the images x.
+                bf16: bool = True, device: str | None = None) -> dict[int, float]:
+    """The negative IWAE bound for each k in ks, averaged over the images x, on ``device``
+    (default ``$DGMBOOK_DEVICE``).
 
     bf16: run the networks' matmuls in bf16 (the densities stay fp32). At k = 1000 the decoder
     runs on k times as many rows as there are images, and bf16 makes that affordable on a CPU.
     """
-    with autocast(bf16):
-        return {k: evaluate_iwae(model, x, k, seed) for k in ks}
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
+    with autocast(bf16, device):
+        return {k: evaluate_iwae(model, x, k, seed, device=device) for k in ks}
 
 
 @torch.no_grad()
-def binarization_spread(model: VAE, n: int = 50, repeats: int = 20, seed: int = 0) -> torch.Tensor:
+def binarization_spread(model: VAE, n: int = 50, repeats: int = 20, seed: int = 0,
+                        device: str | None = None) -> torch.Tensor:
     """The negative ELBO on the course's 100 test images under n different fixed binarizations
     (NumPy seeds 1..n), each averaged over `repeats` draws: how much the choice of one
-    binarization moves the reported number. Returns (n,) float64."""
+    binarization moves the reported number. Returns (n,) float64. On ``device`` (default
+    ``$DGMBOOK_DEVICE``)."""
+    device = devices.resolve(device)
+    model = devices.module_on(model, device)
     gray, _ = course_test_subset("gray")
-    return torch.tensor([evaluate_bound(model, static_binarize(gray, s), repeats, seed)["nelbo"]
+    return torch.tensor([evaluate_bound(model, static_binarize(gray, s), repeats, seed,
+                                        device=device)["nelbo"]
                          for s in range(1, n + 1)], dtype=torch.float64)
 
 
-def train_and_evaluate(cfg: VAEConfig) -> dict:
-    """One run of the chapter: train, then evaluate on the course subset and on the test set."""
-    out = train(cfg)
-    model = load_model(cfg, out["state_dict"])
+def train_and_evaluate(cfg: VAEConfig, device: str | None = None) -> dict:
+    """One run of the chapter: train, then evaluate on the course subset and on the test set,
+    on ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU."""
+    device = devices.resolve(device)
+    out = train(cfg, device=device)
+    model = devices.module_on(load_model(cfg, out["state_dict"]), device)
     if cfg.eval_repeats > 0:
         x_sub, _ = course_test_subset(cfg.subset_binarization)
-        out["subset"] = evaluate_bound(model, x_sub, cfg.eval_repeats, cfg.eval_seed)
+        out["subset"] = evaluate_bound(model, x_sub, cfg.eval_repeats, cfg.eval_seed,
+                                       device=device)
     if cfg.test_repeats > 0:
         x_test, _ = test_set()
-        out["test"] = evaluate_bound(model, x_test, cfg.test_repeats, cfg.eval_seed)
+        out["test"] = evaluate_bound(model, x_test, cfg.test_repeats, cfg.eval_seed,
+                                     device=device)
     return out
 
 
-def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000) -> dict:
+def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000,
+                    device: str | None = None) -> dict:
     """The chapter's evaluations of trained models (one thread: robust when the cores are shared,
     where idle threads spin-wait):
 
@@ -401,28 +425,35 @@ def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000) 
     * ``iwae_subset``: IWAE bounds of the first model for k = 1, 10, 100, 1000 on the course's
       subset (binarized as ``cfg`` says), the course's way: at least 100 samples per image in all;
     * ``iwae_test``: the same bounds on the first ``iwae_images`` test images.
+
+    On ``device`` (default ``$DGMBOOK_DEVICE``; the models stay where they are, copies go
+    there); the results are on the CPU.
     """
+    device = devices.resolve(device)
+    models = [devices.module_on(m, device) for m in models]
     x_test, _ = test_set()
     x_numpy, _ = course_test_subset("numpy")
     x_sub, _ = course_test_subset(cfg.subset_binarization)
+    on = {"device": device}
     with torch_threads(1):
         return {
-            "spread": torch.stack([binarization_spread(m) for m in models]),  # [models, 50]
-            "numpy": [evaluate_bound(m, x_numpy, cfg.eval_repeats, cfg.eval_seed)["nelbo"]
+            "spread": torch.stack([binarization_spread(m, **on) for m in models]),  # [models, 50]
+            "numpy": [evaluate_bound(m, x_numpy, cfg.eval_repeats, cfg.eval_seed, **on)["nelbo"]
                       for m in models],
-            "iwae_subset": {k: np.mean([iwae_bounds(models[0], x_sub, [k], seed=r)[k]
+            "iwae_subset": {k: np.mean([iwae_bounds(models[0], x_sub, [k], seed=r, **on)[k]
                                         for r in range(max(100 // k, 1))])
                             for k in (1, 10, 100, 1000)},
-            "iwae_test": iwae_bounds(models[0], x_test[:iwae_images]),
+            "iwae_test": iwae_bounds(models[0], x_test[:iwae_images], **on),
         }
 
 
-def _train_and_evaluate_one_thread(cfg: VAEConfig) -> dict:
+def _train_and_evaluate_one_thread(cfg: VAEConfig, device: str | None = None) -> dict:
     with torch_threads(1):
-        return train_and_evaluate(cfg)
+        return train_and_evaluate(cfg, device)
 
 
-def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
+def run_many(cfgs: list[VAEConfig], workers: int | None = None,
+             device: str | None = None) -> list[dict]:
     """:func:`train_and_evaluate` for every config, each run on one thread, `workers` runs at a
     time (default: two, or one on a single core): this process takes every `workers`-th run and
     `workers - 1` worker processes the others. Each extra process costs about 0.6 GB (its own
@@ -434,7 +465,9 @@ def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
     a 2-core machine two single-threaded runs side by side use the cores better than 2-threaded
     runs one after another (code/benchmarks/bench_vae.py measures both). One thread per run also
     makes the numbers independent of the number of cores and of the process a run lands in.
+    Every run trains on ``device`` (default ``$DGMBOOK_DEVICE``, read here, in this process).
     """
+    device = devices.resolve(device)
     cfgs = list(cfgs)
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -443,13 +476,13 @@ def run_many(cfgs: list[VAEConfig], workers: int | None = None) -> list[dict]:
     here = list(range(0, len(cfgs), workers))  # this process: runs 0, w, 2w, ...
     out: list[dict | None] = [None] * len(cfgs)
     if workers == 1:
-        return [_train_and_evaluate_one_thread(c) for c in cfgs]
+        return [_train_and_evaluate_one_thread(c, device) for c in cfgs]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe under Jupyter/OpenMP
     with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
-        futures = {i: pool.submit(_train_and_evaluate_one_thread, c)
+        futures = {i: pool.submit(_train_and_evaluate_one_thread, c, device)
                    for i, c in enumerate(cfgs) if i not in here}
         for i in here:
-            out[i] = _train_and_evaluate_one_thread(cfgs[i])
+            out[i] = _train_and_evaluate_one_thread(cfgs[i], device)
         for i, future in futures.items():
             out[i] = future.result()
     return out
