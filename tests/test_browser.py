@@ -191,6 +191,33 @@ def test_nothing_scrolls_sideways_at_a_laptops_width(chapter, server, reader):
                           + "; ".join(map(str, overflow)))
 
 
+# Code-cell lines that the column would wrap: each input cell laid out unwrapped, as if the
+# CSS's pre-wrap were off, and compared with its visible width. The chapters' lines are at most
+# tests/test_anatomy.py's MAX_CODE_LINE characters; the book's CSS sizes code to hold them.
+WRAPPED_CODE_JS = """
+const out = [];
+document.querySelectorAll('article div.cell_input pre').forEach(pre => {
+  const keep = pre.style.whiteSpace;
+  pre.style.whiteSpace = 'pre';
+  if (pre.scrollWidth > pre.clientWidth + 1) {
+    const lines = pre.innerText.split('\\n');
+    out.push(lines.reduce((a, b) => (b.length > a.length ? b : a), ''));
+  }
+  pre.style.whiteSpace = keep;
+});
+return out;
+"""
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in chapters()])
+def test_no_code_line_wraps_at_a_laptops_width(chapter, server, reader):
+    reader.get(f"{server}/book/{chapter}.html")
+    wrapped = reader.execute_script(WRAPPED_CODE_JS)
+    assert not wrapped, (f"{chapter}: at {READER_WINDOW[0]}x{READER_WINDOW[1]} these code lines "
+                         f"wrap ({len(wrapped)} cells; longest line of each): " + "; ".join(
+                             f"{len(line)} chars: {line!r}" for line in wrapped))
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 @pytest.mark.parametrize("chapter", [c.stem for c in chapters()])
 def test_text_code_and_figures_are_legible_in_both_themes(chapter, theme, server, reader):
