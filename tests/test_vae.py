@@ -2,6 +2,7 @@
 negative ELBO and IWAE bounds, the data helpers and a tiny training run. Fast: tiny data."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -291,3 +292,42 @@ def test_evaluate_bound_equals_the_bound_of_the_repeated_images():
         want += torch.stack(model.negative_elbo_bound(chunk)).double() * chunk.shape[0]
     want /= xs.shape[0]
     assert [got[k] for k in ("nelbo", "kl", "rec")] == pytest.approx(want.tolist(), rel=1e-12)
+
+
+# --- the full experiment --------------------------------------------------------------
+
+
+def tiny_data(monkeypatch):
+    """MNIST replaced by random images (as tests/test_device_chapters.py does): 120
+    training images, and six binary ones for every evaluation set."""
+    g = torch.Generator().manual_seed(0)
+    x_train = (torch.rand(120, 784, generator=g) * 255).to(torch.uint8)
+    x_eval = (torch.rand(6, 784, generator=g) < 0.3).float()
+    monkeypatch.setattr(vae, "course_test_subset",
+                        lambda b="torch", seed=0: (x_eval, None))
+    monkeypatch.setattr(vae, "test_set", lambda: (x_eval, None))
+    monkeypatch.setattr(vae, "load_image_dataset", lambda name, train: (x_train, None))
+
+
+def tiny_cfg(**kw):
+    base = dict(z_dim=2, hidden=16, iters=8, batch_size=20, log_every=2, eval_repeats=2,
+                test_repeats=1)
+    return vae.VAEConfig(**{**base, **kw})
+
+
+def test_run_many_timed_adds_only_the_seconds(monkeypatch):
+    tiny_data(monkeypatch)
+    cfgs = [tiny_cfg(seed=s) for s in (0, 1)]
+    plain = vae.run_many(cfgs, workers=1)
+    timed = vae.run_many(cfgs, workers=1, timed=True)
+    for a, b in zip(plain, timed):
+        assert set(b) == set(a) | {"train_seconds", "eval_seconds"}
+        assert b["train_seconds"] > 0 and b["eval_seconds"] > 0
+        assert a["subset"] == b["subset"] and a["test"] == b["test"]
+        assert torch.equal(a["curves"]["nelbo"], b["curves"]["nelbo"])
+
+
+def test_default_workers_is_two_or_one_on_a_single_core(monkeypatch):
+    assert vae.default_workers() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert vae.default_workers() == 1

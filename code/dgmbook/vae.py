@@ -26,6 +26,7 @@ import argparse
 import math
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -397,11 +398,18 @@ def binarization_spread(model: VAE, n: int = 50, repeats: int = 20, seed: int = 
                          for s in range(1, n + 1)], dtype=torch.float64)
 
 
-def train_and_evaluate(cfg: VAEConfig, device: str | None = None) -> dict:
+def train_and_evaluate(cfg: VAEConfig, device: str | None = None,
+                       timed: bool = False) -> dict:
     """One run of the chapter: train, then evaluate on the course subset and on the test set,
-    on ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU."""
+    on ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU.
+
+    timed: also return the wall seconds of the training (``train_seconds``) and of the
+    evaluation (``eval_seconds``). Off by default: timings differ from run to run, and
+    the chapter's results are compared bit for bit."""
     device = devices.resolve(device)
+    start = time.perf_counter()
     out = train(cfg, device=device)
+    trained = time.perf_counter()
     model = devices.module_on(load_model(cfg, out["state_dict"]), device)
     if cfg.eval_repeats > 0:
         x_sub, _ = course_test_subset(cfg.subset_binarization)
@@ -411,6 +419,9 @@ def train_and_evaluate(cfg: VAEConfig, device: str | None = None) -> dict:
         x_test, _ = test_set()
         out["test"] = evaluate_bound(model, x_test, cfg.test_repeats, cfg.eval_seed,
                                      device=device)
+    if timed:
+        out["train_seconds"] = trained - start
+        out["eval_seconds"] = time.perf_counter() - trained
     return out
 
 
@@ -447,13 +458,23 @@ def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000,
         }
 
 
-def _train_and_evaluate_one_thread(cfg: VAEConfig, device: str | None = None) -> dict:
+def _train_and_evaluate_one_thread(cfg: VAEConfig, device: str | None = None,
+                                   timed: bool = False) -> dict:
     with torch_threads(1):
-        return train_and_evaluate(cfg, device)
+        return train_and_evaluate(cfg, device, timed)
+
+
+def default_workers() -> int:
+    """:func:`run_many`'s default: two runs at a time, or one on a single core."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count()
+    return min(2, cores or 1)
 
 
 def run_many(cfgs: list[VAEConfig], workers: int | None = None,
-             device: str | None = None) -> list[dict]:
+             device: str | None = None, timed: bool = False) -> list[dict]:
     """:func:`train_and_evaluate` for every config, each run on one thread, `workers` runs at a
     time (default: two, or one on a single core): this process takes every `workers`-th run and
     `workers - 1` worker processes the others. Each extra process costs about 0.6 GB (its own
@@ -466,23 +487,23 @@ def run_many(cfgs: list[VAEConfig], workers: int | None = None,
     runs one after another (code/benchmarks/bench_vae.py measures both). One thread per run also
     makes the numbers independent of the number of cores and of the process a run lands in.
     Every run trains on ``device`` (default ``$DGMBOOK_DEVICE``, read here, in this process).
+    timed: each result also holds its seconds (:func:`train_and_evaluate`).
     """
     device = devices.resolve(device)
     cfgs = list(cfgs)
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        workers = min(2, cores or 1)
+        workers = default_workers()
     workers = max(1, min(workers or 1, len(cfgs)))
     here = list(range(0, len(cfgs), workers))  # this process: runs 0, w, 2w, ...
     out: list[dict | None] = [None] * len(cfgs)
     if workers == 1:
-        return [_train_and_evaluate_one_thread(c, device) for c in cfgs]
+        return [_train_and_evaluate_one_thread(c, device, timed) for c in cfgs]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe under Jupyter/OpenMP
     with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
-        futures = {i: pool.submit(_train_and_evaluate_one_thread, c, device)
+        futures = {i: pool.submit(_train_and_evaluate_one_thread, c, device, timed)
                    for i, c in enumerate(cfgs) if i not in here}
         for i in here:
-            out[i] = _train_and_evaluate_one_thread(cfgs[i], device)
+            out[i] = _train_and_evaluate_one_thread(cfgs[i], device, timed)
         for i, future in futures.items():
             out[i] = future.result()
     return out
@@ -530,5 +551,5 @@ __all__ = [
     "log_normal", "kl_normal", "log_mean_exp", "Encoder", "Decoder", "VAE", "COURSE_TEST_INDEX",
     "static_binarize", "course_test_subset", "test_set", "binarize_batch", "train", "load_model",
     "evaluate_bound", "evaluate_iwae", "iwae_bounds", "binarization_spread", "train_and_evaluate",
-    "run_many", "mean_se",
+    "default_workers", "run_many", "mean_se",
 ]
