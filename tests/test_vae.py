@@ -1,6 +1,9 @@
 """Unit tests for dgmbook.vae: the reparameterization trick, the densities and the KL, the
-negative ELBO and IWAE bounds, the data helpers and a tiny training run. Fast: tiny data."""
+negative ELBO and IWAE bounds, the data helpers, a tiny training run and the full experiment
+on tiny runs. Fast: tiny data."""
 
+import dataclasses
+import json
 import math
 import os
 
@@ -331,3 +334,79 @@ def test_default_workers_is_two_or_one_on_a_single_core(monkeypatch):
     assert vae.default_workers() == min(2, len(os.sched_getaffinity(0)))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert vae.default_workers() == 1
+
+
+def test_full_configs():
+    cfgs = vae.full_configs()
+    want = [(z, s) for z in (64, 10) for s in range(5)]
+    assert [(c.z_dim, c.seed) for c in cfgs] == want
+    default = dataclasses.asdict(vae.VAEConfig())
+    for c in cfgs:
+        assert dataclasses.asdict(c) == {**default, "z_dim": c.z_dim, "seed": c.seed,
+                                         "iters": 20_000}
+    assert vae.FULL_IWAE_IMAGES == 2000  # the chapter's evaluate_models call
+
+
+def test_full_experiment_on_tiny_runs(monkeypatch, capsys):
+    tiny_data(monkeypatch)
+    cfgs = [tiny_cfg(z_dim=z, seed=s) for z in (3, 2) for s in (0, 1)]
+    monkeypatch.setattr(vae, "full_configs", lambda: cfgs)
+    monkeypatch.setattr(vae, "FULL_IWAE_IMAGES", 3)
+    monkeypatch.setattr(vae, "FULL_CURVE_EVERY", 4)  # 2 points per window, 2 windows
+    config, metrics = vae.full_experiment(progress=False, workers=1)
+    assert capsys.readouterr().err == ""  # progress=False: silent
+    json.dumps(config, allow_nan=False)
+    json.dumps(metrics, allow_nan=False)
+    assert config["runs"] == [dataclasses.asdict(c) for c in cfgs]
+    settings = (config["workers"], config["iwae_images"], config["curve_every"])
+    assert settings == (1, 3, 4)
+    assert list(metrics) == ["z3", "z2"]
+    m = metrics["z2"]
+    assert m["seeds"] == [0, 1]
+    assert set(m) == {"seeds", "subset", "test", "final_train", "numpy_subset_nelbo",
+                      "spread", "iwae_subset", "iwae_test", "curve", "train_seconds",
+                      "eval_seconds"}
+    for where in ("subset", "test", "final_train"):
+        assert set(m[where]) == {"nelbo", "kl", "rec"}
+        for s in m[where].values():
+            assert len(s["values"]) == 2
+            assert s["mean"] == pytest.approx(np.mean(s["values"]))
+            assert math.isfinite(s["se"])
+        assert m[where]["nelbo"]["mean"] == pytest.approx(
+            m[where]["kl"]["mean"] + m[where]["rec"]["mean"], rel=1e-4)
+    assert m["spread"]["n_binarizations"] == 50
+    assert m["spread"]["min"] <= m["spread"]["mean"] <= m["spread"]["max"]
+    assert list(m["iwae_subset"]) == list(m["iwae_test"]) == ["1", "10", "100", "1000"]
+    assert m["curve"]["iter"] == [4, 8]
+    assert all(len(m["curve"][k]) == 2 for k in ("nelbo", "kl", "rec"))
+    # the curve: the mean over seeds of each window's mean
+    runs = vae.run_many(cfgs[2:], workers=1)
+    curves = torch.stack([r["curves"]["nelbo"] for r in runs])  # (seeds, 4 points)
+    want = curves.reshape(2, 2, 2).mean((0, 2))
+    assert m["curve"]["nelbo"] == pytest.approx(want.tolist(), rel=1e-6)
+    assert m["subset"]["kl"]["values"] == [r["subset"]["kl"] for r in runs]
+    for key in ("train_seconds", "eval_seconds"):
+        assert len(m[key]["values"]) == 2 and min(m[key]["values"]) > 0
+
+
+def test_full_experiment_progress_lines(monkeypatch, capsys):
+    tiny_data(monkeypatch)
+    monkeypatch.setenv("DGMBOOK_PROGRESS", "1")  # the training loops' bars: on ...
+    monkeypatch.setattr(vae, "full_configs", lambda: [tiny_cfg(seed=s) for s in (0, 1)])
+    monkeypatch.setattr(vae, "FULL_IWAE_IMAGES", 2)
+    _, metrics = vae.full_experiment(progress=True, workers=1)
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()  # ... but off in the full experiment: our lines alone
+    assert [ln.split(":")[0] for ln in lines] == [
+        "[1/2] vae z=2 seed=0", "[2/2] vae z=2 seed=1", "vae z=2"]
+    assert os.environ["DGMBOOK_PROGRESS"] == "1"  # restored
+    assert metrics["z2"]["seeds"] == [0, 1]
+
+
+def test_cli_lists_the_vae_experiment(capsys):
+    from dgmbook import cli
+
+    assert cli.main(["list"]) == 0
+    assert "vae" in capsys.readouterr().out.split()
+    assert cli._resolve(cli.EXPERIMENTS["vae"]) is vae.full_experiment
