@@ -1,7 +1,11 @@
 """Unit tests for dgmbook.vae: the reparameterization trick, the densities and the KL, the
-negative ELBO and IWAE bounds, the data helpers and a tiny training run. Fast: tiny data."""
+negative ELBO and IWAE bounds, the data helpers, a tiny training run and the full experiment
+on tiny runs. Fast: tiny data."""
 
+import dataclasses
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -291,3 +295,118 @@ def test_evaluate_bound_equals_the_bound_of_the_repeated_images():
         want += torch.stack(model.negative_elbo_bound(chunk)).double() * chunk.shape[0]
     want /= xs.shape[0]
     assert [got[k] for k in ("nelbo", "kl", "rec")] == pytest.approx(want.tolist(), rel=1e-12)
+
+
+# --- the full experiment --------------------------------------------------------------
+
+
+def tiny_data(monkeypatch):
+    """MNIST replaced by random images (as tests/test_device_chapters.py does): 120
+    training images, and six binary ones for every evaluation set."""
+    g = torch.Generator().manual_seed(0)
+    x_train = (torch.rand(120, 784, generator=g) * 255).to(torch.uint8)
+    x_eval = (torch.rand(6, 784, generator=g) < 0.3).float()
+    monkeypatch.setattr(vae, "course_test_subset",
+                        lambda b="torch", seed=0: (x_eval, None))
+    monkeypatch.setattr(vae, "test_set", lambda: (x_eval, None))
+    monkeypatch.setattr(vae, "load_image_dataset", lambda name, train: (x_train, None))
+
+
+def tiny_cfg(**kw):
+    base = dict(z_dim=2, hidden=16, iters=8, batch_size=20, log_every=2, eval_repeats=2,
+                test_repeats=1)
+    return vae.VAEConfig(**{**base, **kw})
+
+
+def test_run_many_timed_adds_only_the_seconds(monkeypatch):
+    tiny_data(monkeypatch)
+    cfgs = [tiny_cfg(seed=s) for s in (0, 1)]
+    plain = vae.run_many(cfgs, workers=1)
+    timed = vae.run_many(cfgs, workers=1, timed=True)
+    for a, b in zip(plain, timed):
+        assert set(b) == set(a) | {"train_seconds", "eval_seconds"}
+        assert b["train_seconds"] > 0 and b["eval_seconds"] > 0
+        assert a["subset"] == b["subset"] and a["test"] == b["test"]
+        assert torch.equal(a["curves"]["nelbo"], b["curves"]["nelbo"])
+
+
+def test_default_workers_is_two_or_one_on_a_single_core(monkeypatch):
+    assert vae.default_workers() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert vae.default_workers() == 1
+
+
+def test_full_configs():
+    cfgs = vae.full_configs()
+    want = [(z, s) for z in (64, 10) for s in range(5)]
+    assert [(c.z_dim, c.seed) for c in cfgs] == want
+    default = dataclasses.asdict(vae.VAEConfig())
+    for c in cfgs:
+        assert dataclasses.asdict(c) == {**default, "z_dim": c.z_dim, "seed": c.seed,
+                                         "iters": 20_000}
+    assert vae.FULL_IWAE_IMAGES == 2000  # the chapter's evaluate_models call
+
+
+def test_full_experiment_on_tiny_runs(monkeypatch, capsys):
+    tiny_data(monkeypatch)
+    cfgs = [tiny_cfg(z_dim=z, seed=s) for z in (3, 2) for s in (0, 1)]
+    monkeypatch.setattr(vae, "full_configs", lambda: cfgs)
+    monkeypatch.setattr(vae, "FULL_IWAE_IMAGES", 3)
+    monkeypatch.setattr(vae, "FULL_CURVE_EVERY", 4)  # 2 points per window, 2 windows
+    config, metrics = vae.full_experiment(progress=False, workers=1)
+    assert capsys.readouterr().err == ""  # progress=False: silent
+    json.dumps(config, allow_nan=False)
+    json.dumps(metrics, allow_nan=False)
+    assert config["runs"] == [dataclasses.asdict(c) for c in cfgs]
+    settings = (config["workers"], config["iwae_images"], config["curve_every"])
+    assert settings == (1, 3, 4)
+    assert list(metrics) == ["z3", "z2"]
+    m = metrics["z2"]
+    assert m["seeds"] == [0, 1]
+    assert set(m) == {"seeds", "subset", "test", "final_train", "numpy_subset_nelbo",
+                      "spread", "iwae_subset", "iwae_test", "curve", "train_seconds",
+                      "eval_seconds"}
+    for where in ("subset", "test", "final_train"):
+        assert set(m[where]) == {"nelbo", "kl", "rec"}
+        for s in m[where].values():
+            assert len(s["values"]) == 2
+            assert s["mean"] == pytest.approx(np.mean(s["values"]))
+            assert math.isfinite(s["se"])
+        assert m[where]["nelbo"]["mean"] == pytest.approx(
+            m[where]["kl"]["mean"] + m[where]["rec"]["mean"], rel=1e-4)
+    assert m["spread"]["n_binarizations"] == 50
+    assert m["spread"]["min"] <= m["spread"]["mean"] <= m["spread"]["max"]
+    assert list(m["iwae_subset"]) == list(m["iwae_test"]) == ["1", "10", "100", "1000"]
+    assert m["curve"]["iter"] == [4, 8]
+    assert all(len(m["curve"][k]) == 2 for k in ("nelbo", "kl", "rec"))
+    # the curve: the mean over seeds of each window's mean
+    runs = vae.run_many(cfgs[2:], workers=1)
+    curves = torch.stack([r["curves"]["nelbo"] for r in runs])  # (seeds, 4 points)
+    want = curves.reshape(2, 2, 2).mean((0, 2))
+    assert m["curve"]["nelbo"] == pytest.approx(want.tolist(), rel=1e-6)
+    assert m["subset"]["kl"]["values"] == [r["subset"]["kl"] for r in runs]
+    for key in ("train_seconds", "eval_seconds"):
+        assert len(m[key]["values"]) == 2 and min(m[key]["values"]) > 0
+
+
+def test_full_experiment_progress_lines(monkeypatch, capsys):
+    tiny_data(monkeypatch)
+    monkeypatch.setenv("DGMBOOK_PROGRESS", "1")  # the training loops' bars: on ...
+    monkeypatch.setattr(vae, "full_configs", lambda: [tiny_cfg(seed=s) for s in (0, 1)])
+    monkeypatch.setattr(vae, "FULL_IWAE_IMAGES", 2)
+    _, metrics = vae.full_experiment(progress=True, workers=1)
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()  # ... but off in the full experiment: our lines alone
+    assert [ln.split(":")[0] for ln in lines] == [
+        "[1/2] vae z=2 seed=0", "[2/2] vae z=2 seed=1", "vae z=2"]
+    assert os.environ["DGMBOOK_PROGRESS"] == "1"  # restored
+    assert metrics["z2"]["seeds"] == [0, 1]
+
+
+def test_cli_lists_the_vae_experiment(capsys):
+    from dgmbook import cli
+
+    assert cli.main(["list"]) == 0
+    assert "vae" in capsys.readouterr().out.split()
+    assert cli._resolve(cli.EXPERIMENTS["vae"]) is vae.full_experiment

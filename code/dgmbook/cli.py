@@ -33,6 +33,7 @@ from dgmbook import data, device, distributed, recorded
 EXPERIMENTS: dict[str, str] = {
     "summarization-scratch": "dgmbook.summarization.scratch:full_experiment",
     "summarization-pretrained": "dgmbook.summarization.bert2bert:full_experiment",
+    "vae": "dgmbook.vae:full_experiment",
 }
 
 

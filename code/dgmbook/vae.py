@@ -18,6 +18,11 @@ by default) or a ``device=`` argument, with results on the CPU. Command line (wi
 bar)::
 
     python -m dgmbook.vae --z-dim 64 --iters 10000 --seeds 0 1 2 3 4
+
+The full experiment (:func:`full_experiment`: z = 64 and z = 10, five seeds each, 20,000
+iterations) records its results in code/dgmbook/results/vae.json::
+
+    python -m dgmbook full vae
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ import argparse
 import math
 import multiprocessing
 import os
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from unittest import mock
 
 import numpy as np
 import torch
@@ -36,7 +44,8 @@ import torch.nn.functional as F
 
 from dgmbook import device as devices
 from dgmbook.data import load_image_dataset
-from dgmbook.utils import autocast, check_config, progress, seed_everything, torch_threads
+from dgmbook.utils import (PROGRESS_ENV, autocast, check_config, progress,
+                           seed_everything, torch_threads)
 
 # -----------------------------------------------------------------------------------------------
 # configuration
@@ -397,11 +406,18 @@ def binarization_spread(model: VAE, n: int = 50, repeats: int = 20, seed: int = 
                          for s in range(1, n + 1)], dtype=torch.float64)
 
 
-def train_and_evaluate(cfg: VAEConfig, device: str | None = None) -> dict:
+def train_and_evaluate(cfg: VAEConfig, device: str | None = None,
+                       timed: bool = False) -> dict:
     """One run of the chapter: train, then evaluate on the course subset and on the test set,
-    on ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU."""
+    on ``device`` (default ``$DGMBOOK_DEVICE``); the results are on the CPU.
+
+    timed: also return the wall seconds of the training (``train_seconds``) and of the
+    evaluation (``eval_seconds``). Off by default: timings differ from run to run, and
+    the chapter's results are compared bit for bit."""
     device = devices.resolve(device)
+    start = time.perf_counter()
     out = train(cfg, device=device)
+    trained = time.perf_counter()
     model = devices.module_on(load_model(cfg, out["state_dict"]), device)
     if cfg.eval_repeats > 0:
         x_sub, _ = course_test_subset(cfg.subset_binarization)
@@ -411,6 +427,9 @@ def train_and_evaluate(cfg: VAEConfig, device: str | None = None) -> dict:
         x_test, _ = test_set()
         out["test"] = evaluate_bound(model, x_test, cfg.test_repeats, cfg.eval_seed,
                                      device=device)
+    if timed:
+        out["train_seconds"] = trained - start
+        out["eval_seconds"] = time.perf_counter() - trained
     return out
 
 
@@ -447,13 +466,23 @@ def evaluate_models(models: list[VAE], cfg: VAEConfig, iwae_images: int = 2000,
         }
 
 
-def _train_and_evaluate_one_thread(cfg: VAEConfig, device: str | None = None) -> dict:
+def _train_and_evaluate_one_thread(cfg: VAEConfig, device: str | None = None,
+                                   timed: bool = False) -> dict:
     with torch_threads(1):
-        return train_and_evaluate(cfg, device)
+        return train_and_evaluate(cfg, device, timed)
+
+
+def default_workers() -> int:
+    """:func:`run_many`'s default: two runs at a time, or one on a single core."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count()
+    return min(2, cores or 1)
 
 
 def run_many(cfgs: list[VAEConfig], workers: int | None = None,
-             device: str | None = None) -> list[dict]:
+             device: str | None = None, timed: bool = False) -> list[dict]:
     """:func:`train_and_evaluate` for every config, each run on one thread, `workers` runs at a
     time (default: two, or one on a single core): this process takes every `workers`-th run and
     `workers - 1` worker processes the others. Each extra process costs about 0.6 GB (its own
@@ -466,23 +495,23 @@ def run_many(cfgs: list[VAEConfig], workers: int | None = None,
     runs one after another (code/benchmarks/bench_vae.py measures both). One thread per run also
     makes the numbers independent of the number of cores and of the process a run lands in.
     Every run trains on ``device`` (default ``$DGMBOOK_DEVICE``, read here, in this process).
+    timed: each result also holds its seconds (:func:`train_and_evaluate`).
     """
     device = devices.resolve(device)
     cfgs = list(cfgs)
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        workers = min(2, cores or 1)
+        workers = default_workers()
     workers = max(1, min(workers or 1, len(cfgs)))
     here = list(range(0, len(cfgs), workers))  # this process: runs 0, w, 2w, ...
     out: list[dict | None] = [None] * len(cfgs)
     if workers == 1:
-        return [_train_and_evaluate_one_thread(c, device) for c in cfgs]
+        return [_train_and_evaluate_one_thread(c, device, timed) for c in cfgs]
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe under Jupyter/OpenMP
     with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
-        futures = {i: pool.submit(_train_and_evaluate_one_thread, c, device)
+        futures = {i: pool.submit(_train_and_evaluate_one_thread, c, device, timed)
                    for i, c in enumerate(cfgs) if i not in here}
         for i in here:
-            out[i] = _train_and_evaluate_one_thread(cfgs[i], device)
+            out[i] = _train_and_evaluate_one_thread(cfgs[i], device, timed)
         for i, future in futures.items():
             out[i] = future.result()
     return out
@@ -493,6 +522,124 @@ def mean_se(values) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     se = a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
     return float(a.mean()), float(se)
+
+
+# --------------------------------------------------------------------------------------
+# the full experiment (python -m dgmbook full vae)
+
+FULL_Z_DIMS = (64, 10)  # the CS 182 fork's latent size and CS236's
+FULL_SEEDS = (0, 1, 2, 3, 4)
+FULL_ITERS = 20_000  # twice the book's 10,000
+FULL_IWAE_IMAGES = 2_000  # test images for the IWAE bounds, as in the chapter
+FULL_CURVE_EVERY = 1_000  # iterations per point of the recorded training curves
+
+
+def full_configs() -> list[VAEConfig]:
+    """The runs of ``python -m dgmbook full vae``: 64 latent dimensions (the CS 182
+    fork, the chapter's reference model) and 10 (CS236), five seeds each, 20,000
+    iterations instead of the book's 10,000; every other field the chapter's (bf16
+    training, the course's evaluation). The chapter runs z = 10 once, and the
+    KL/reconstruction split moves with both the latent size and the length of training:
+    these runs measure both with error bars."""
+    return [VAEConfig(z_dim=z, iters=FULL_ITERS, seed=s)
+            for z in FULL_Z_DIMS for s in FULL_SEEDS]
+
+
+def _summary(values) -> dict:
+    """Per-seed values, their mean and standard error (:func:`mean_se`), for JSON (an
+    undefined standard error, of one value, is None: JSON has no NaN)."""
+    mean, se = mean_se(values)
+    return {"values": [float(v) for v in values], "mean": mean,
+            "se": se if math.isfinite(se) else None}
+
+
+def _coarse_curves(runs: list[dict], cfg: VAEConfig) -> dict[str, list]:
+    """The training curves in windows of :data:`FULL_CURVE_EVERY` iterations (the mean
+    of the batch bounds over each window), averaged over the runs."""
+    w = max(1, FULL_CURVE_EVERY // cfg.log_every)  # curve points per window
+    n = len(runs[0]["curves"]["iter"]) // w  # whole windows
+    out = {"iter": [(i + 1) * w * cfg.log_every for i in range(n)]}
+    for key in ("nelbo", "kl", "rec"):
+        c = torch.stack([r["curves"][key][: n * w] for r in runs])  # (runs, n w)
+        out[key] = c.reshape(len(runs), n, w).mean((0, 2)).tolist()
+    return out
+
+
+def _z_metrics(cfgs: list[VAEConfig], runs: list[dict], ev: dict) -> dict:
+    """The metrics of one latent size, from its runs and :func:`evaluate_models`."""
+    terms = ("nelbo", "kl", "rec")
+    spread = ev["spread"]  # [models, binarizations]
+    return {
+        "seeds": [c.seed for c in cfgs],
+        # the one-sample bound on the course's 100 images and on the 10,000 test images
+        **{where: {k: _summary([r[where][k] for r in runs]) for k in terms}
+           for where in ("subset", "test")},
+        # the last point of each training curve (the last log_every iterations)
+        "final_train": {k: _summary([r["curves"][k][-1] for r in runs]) for k in terms},
+        "numpy_subset_nelbo": _summary(ev["numpy"]),
+        "spread": {
+            "n_binarizations": spread.shape[1],
+            "mean": spread.mean().item(),
+            "sd_binarization": spread.std(1).mean().item(),  # per model, averaged
+            "min": spread.min().item(),
+            "max": spread.max().item(),
+        },
+        # of the first seed's model, as in the chapter
+        "iwae_subset": {str(k): float(v) for k, v in ev["iwae_subset"].items()},
+        "iwae_test": {str(k): float(v) for k, v in ev["iwae_test"].items()},
+        "curve": _coarse_curves(runs, cfgs[0]),
+        "train_seconds": _summary([r["train_seconds"] for r in runs]),
+        "eval_seconds": _summary([r["eval_seconds"] for r in runs]),
+    }
+
+
+def full_experiment(progress: bool = True, workers: int | None = None,
+                    device: str | None = None) -> tuple[dict, dict]:
+    """The full run for ``python -m dgmbook full vae``: train :func:`full_configs` with
+    :func:`run_many` (one thread per run, ``workers`` runs side by side, two by default)
+    and evaluate them as the chapter evaluates its runs (:func:`train_and_evaluate`,
+    then :func:`evaluate_models` on each latent size's models). Returns
+    ``(config, metrics)``, metrics keyed ``"z64"``, ``"z10"``: per-seed values with mean
+    and standard error, the IWAE bounds of the seed-0 model, mean training curves per
+    1,000 iterations, and the seconds of each run.
+
+    progress: a line on stderr per finished run and per evaluation; nothing otherwise.
+    The training loops' own bars stay off (two processes would draw them on one line).
+    The runs go ``workers`` at a time, so a batch's lines come when its slower run ends.
+    On ``device`` (default ``$DGMBOOK_DEVICE``). Under ``torchrun`` rank 0 alone runs
+    them (they are small and independent); the other ranks return empty metrics."""
+    device = devices.resolve(device)
+    cfgs = full_configs()
+    workers = max(1, workers or default_workers())
+    config = {"runs": [asdict(c) for c in cfgs], "workers": workers,
+              "iwae_images": FULL_IWAE_IMAGES, "curve_every": FULL_CURVE_EVERY}
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return config, {}
+
+    def say(line: str) -> None:
+        if progress:
+            print(line, file=sys.stderr, flush=True)
+
+    runs: list[dict] = []
+    with mock.patch.dict(os.environ, {PROGRESS_ENV: "0"}):  # spawned workers inherit it
+        for start in range(0, len(cfgs), workers):
+            batch = cfgs[start:start + workers]
+            runs += run_many(batch, workers=workers, device=device, timed=True)
+            for i, (c, r) in enumerate(zip(batch, runs[start:]), start + 1):
+                sub = r["subset"]
+                terms = " ".join(f"{k} {sub[k]:.2f}" for k in ("nelbo", "kl", "rec"))
+                say(f"[{i}/{len(cfgs)}] vae z={c.z_dim} seed={c.seed}: "
+                    f"{r['train_seconds']:.0f} s training; 100 images: {terms}")
+    metrics = {}
+    for z in dict.fromkeys(c.z_dim for c in cfgs):  # in order, once each
+        zc = [c for c in cfgs if c.z_dim == z]
+        zr = [r for c, r in zip(cfgs, runs) if c.z_dim == z]
+        models = [load_model(c, r["state_dict"]) for c, r in zip(zc, zr)]
+        say(f"vae z={z}: evaluating {len(models)} models (binarizations, IWAE)")
+        ev = evaluate_models(models, zc[0], iwae_images=FULL_IWAE_IMAGES, device=device)
+        metrics[f"z{z}"] = _z_metrics(zc, zr, ev)
+    return config, metrics
 
 
 # -----------------------------------------------------------------------------------------------
@@ -530,5 +677,5 @@ __all__ = [
     "log_normal", "kl_normal", "log_mean_exp", "Encoder", "Decoder", "VAE", "COURSE_TEST_INDEX",
     "static_binarize", "course_test_subset", "test_set", "binarize_batch", "train", "load_model",
     "evaluate_bound", "evaluate_iwae", "iwae_bounds", "binarization_spread", "train_and_evaluate",
-    "run_many", "mean_se",
+    "default_workers", "run_many", "mean_se", "full_configs", "full_experiment",
 ]
