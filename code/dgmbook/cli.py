@@ -34,6 +34,7 @@ EXPERIMENTS: dict[str, str] = {
     "summarization-scratch": "dgmbook.summarization.scratch:full_experiment",
     "summarization-pretrained": "dgmbook.summarization.bert2bert:full_experiment",
     "vae": "dgmbook.vae:full_experiment",
+    "gans": "dgmbook.gan_scores:full_experiment",
 }
 
 
