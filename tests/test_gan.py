@@ -1,13 +1,19 @@
 """Unit tests for dgmbook.gan: the losses equal their defining formulas, D* is optimal, the
-JSD identity holds, and the training loop runs and is deterministic (tiny data, < 10 s)."""
+JSD identity holds, and the training loop runs and is deterministic; the full experiment
+(dgmbook.gan_scores) on tiny runs (tiny data, < 10 s)."""
 
+import dataclasses
+import json
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dgmbook import gan
+from dgmbook import digit_classifier as dc
+from dgmbook import gan, gan_scores
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,3 +211,141 @@ def test_to_uint8_range():
     x = torch.tensor([[-1.5, -1.0, 0.0, 1.0, 2.0] + [0.0] * 779])
     u = gan.to_uint8(x)
     assert u.shape == (1, 28, 28) and u.flatten()[:5].tolist() == [0, 0, 128, 255, 255]
+
+
+# --- the full experiment (python -m dgmbook full gans) --------------------------------
+
+
+def test_full_configs():
+    cfgs = gan_scores.full_configs()
+    assert [(c.loss, c.seed) for c in cfgs] == [
+        (loss, s) for loss in ("ns", "minimax") for s in (0, 1, 2)]
+    book = gan.book_config()
+    assert gan_scores.FULL_BOOK_ITERS == book.iters == 6000
+    for c in cfgs:
+        assert dataclasses.asdict(c) == {
+            **dataclasses.asdict(gan.book_config(c.loss, seed=c.seed)),
+            "iters": 7000, "snapshots": book.snapshots + (6000,)}
+    # the chapter's evaluation
+    assert gan_scores.FULL_CLASSIFIER == dc.ClassifierConfig()
+    assert (gan_scores.FULL_N_EVAL, gan_scores.FULL_N_FD,
+            gan_scores.FULL_N_REFERENCE) == (10_000, 2000, 10_000)
+    assert (gan_scores.FULL_TAIL, gan_scores.FULL_SMOOTH) == (500, 100)
+
+
+def _synthetic_digits(n, seed):
+    """Digit k is a bright vertical bar at columns 1 + 2k .. 3 + 2k, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(10, (n,), generator=g)
+    x = torch.full((n, 28, 28), -1.0) + 0.1 * torch.rand(n, 28, 28, generator=g)
+    for i, k in enumerate(y.tolist()):
+        x[i, :, 1 + 2 * k:4 + 2 * k] = 1.0
+    return x, y
+
+
+def _tiny_full(monkeypatch, cfgs):
+    """The full experiment on ``cfgs``, tiny data and a tiny classifier (no MNIST)."""
+    monkeypatch.setattr(gan, "mnist_vectors",
+                        lambda train=True, n=None: (_tiny_data(), torch.zeros(100)))
+    monkeypatch.setattr(dc, "mnist_float", lambda train, n=None: _synthetic_digits(
+        n or 256 if train else 64, int(train)))
+    monkeypatch.setattr(gan_scores, "full_configs", lambda: cfgs)
+    monkeypatch.setattr(gan_scores, "FULL_CLASSIFIER", dc.ClassifierConfig(
+        channels=(4, 8), feature_dim=8, epochs=1, batch_size=64, lr=1e-2, n_train=256,
+        bf16=False))
+    for name, value in (("BOOK_ITERS", 20), ("N_EVAL", 20), ("N_FD", 16),
+                        ("N_REFERENCE", 40), ("TAIL", 5), ("SMOOTH", 4),
+                        ("CURVE_EVERY", 10)):
+        monkeypatch.setattr(gan_scores, f"FULL_{name}", value)
+
+
+def _full_cfg(loss, seed):
+    return _tiny_cfg(loss=loss, seed=seed, snapshots=(0, 10, 20))  # 30 iterations
+
+
+def test_full_experiment_on_tiny_runs(monkeypatch, capsys):
+    cfgs = [_full_cfg(loss, s) for loss in ("ns", "minimax") for s in (0, 1)]
+    _tiny_full(monkeypatch, cfgs)
+    monkeypatch.setenv("DGMBOOK_PROGRESS", "1")  # the training loops' bars: on ...
+    config, metrics = gan_scores.full_experiment(progress=False)
+    assert capsys.readouterr() == ("", "")  # ... but progress=False: silent
+    assert os.environ["DGMBOOK_PROGRESS"] == "1"  # restored
+    json.dumps(config, allow_nan=False)
+    json.dumps(metrics, allow_nan=False)
+    assert config["runs"] == [dataclasses.asdict(c) for c in cfgs]
+    assert (config["book_iters"], config["n_eval"], config["n_fd"]) == (20, 20, 16)
+    assert list(metrics) == ["classifier", "real", "ns", "minimax", "minimax_minus_ns",
+                             "score_seconds"]
+    assert 0 <= metrics["classifier"]["test_accuracy"] <= 1
+    real = metrics["real"]
+    assert set(real) == {"fd", "fd_small", "kl_uniform", "modes", "confidence",
+                         "classes"}
+    assert len(real["classes"]) == 10 and sum(real["classes"]) == pytest.approx(1)
+    m = metrics["minimax"]
+    assert m["seeds"] == [0, 1]
+    assert set(m) == {"seeds", "final", "book_iters", "fd_curve", "tail",
+                      "min_d_fake_smoothed", "curve", "train_seconds", "fd_seconds"}
+    for where in ("final", "book_iters"):
+        assert set(m[where]) == {"fd", "kl_uniform", "modes", "confidence", "min_class",
+                                 "max_class", "classes"}
+        for key in ("fd", "kl_uniform", "modes", "confidence"):
+            s = m[where][key]
+            assert len(s["values"]) == 2 and math.isfinite(s["se"])
+            assert s["mean"] == pytest.approx(np.mean(s["values"]))
+    assert m["fd_curve"]["iter"] == [0, 10, 20, 30]
+    assert all(len(s["values"]) == 2 for s in m["fd_curve"]["fd"])
+    # the end of the curve (FULL_N_FD samples) and the final score (FULL_N_EVAL) differ
+    assert m["fd_curve"]["fd"][-1]["values"] != m["final"]["fd"]["values"]
+    assert m["curve"]["iter"] == [10, 20, 30]
+    assert set(m["curve"]) == {"iter", "d_loss", "g_loss", "d_real", "d_fake"}
+    # the chapter's numbers, from the minimax runs trained again
+    c, c1 = (gan.train(cfg)["curves"] for cfg in cfgs[2:])
+    assert m["tail"]["d_loss"]["values"][0] == pytest.approx(np.mean(c["d_loss"][-5:]))
+    smooth = np.convolve(c["d_fake"], np.ones(4) / 4, mode="valid")
+    assert m["min_d_fake_smoothed"]["values"][0] == pytest.approx(smooth.min())
+    # the curve: the mean over seeds of each window's mean
+    assert m["curve"]["d_fake"][1] == pytest.approx(
+        np.mean([c["d_fake"][10:20], c1["d_fake"][10:20]]))
+    diff = metrics["minimax_minus_ns"]
+    assert diff["fd_final"]["values"] == pytest.approx(
+        np.subtract(m["final"]["fd"]["values"], metrics["ns"]["final"]["fd"]["values"]))
+    assert diff["fd_curve"]["iter"] == [0, 10, 20, 30]
+    # at iteration 0 the two losses' generators are the same (same seed, no step yet)
+    assert diff["fd_curve"]["fd"][0]["values"] == [0.0, 0.0]
+    assert min(m["train_seconds"]["values"]) > 0
+
+
+def test_full_experiment_progress_lines(monkeypatch, capsys):
+    _tiny_full(monkeypatch, [_full_cfg("ns", 0), _full_cfg("minimax", 0)])
+    monkeypatch.setenv("DGMBOOK_PROGRESS", "0")  # no bars: our lines alone
+    _, metrics = gan_scores.full_experiment(progress=True)
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert [ln.split(":")[0] for ln in out.err.splitlines()] == [
+        "classifier", "[1/2] gan ns seed=0", "[2/2] gan minimax seed=0",
+        "scoring 20 samples of 4 generators"]
+    assert metrics["ns"]["final"]["fd"]["se"] is None  # one seed: no standard error
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_full_experiment_runs_on_rank_0_only(monkeypatch):
+    cfgs = [_full_cfg("ns", 0)]
+    _tiny_full(monkeypatch, cfgs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rank 1 trained")
+
+    monkeypatch.setattr(dc, "train", refuse)
+    monkeypatch.setattr(gan, "train", refuse)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    config, metrics = gan_scores.full_experiment(progress=False)
+    assert metrics == {} and config["runs"] == [dataclasses.asdict(cfgs[0])]
+
+
+def test_cli_lists_the_gans_experiment(capsys):
+    from dgmbook import cli
+
+    assert cli.main(["list"]) == 0
+    assert "gans" in capsys.readouterr().out.split()
+    assert cli._resolve(cli.EXPERIMENTS["gans"]) is gan_scores.full_experiment
