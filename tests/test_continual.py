@@ -366,3 +366,11 @@ def test_full_experiment_progress_lines_and_one_seed(monkeypatch, capsys):
     assert metrics["epochs1"]["ewc"]["R"]["se"] is None
     json.dumps(metrics, allow_nan=False)
 
+
+def test_cli_lists_the_continual_experiment(capsys):
+    from dgmbook import cli
+
+    assert cli.main(["list"]) == 0
+    assert "continual-learning" in capsys.readouterr().out.split()
+    spec = cli.EXPERIMENTS["continual-learning"]
+    assert cli._resolve(spec) is C.full_experiment
