@@ -1,4 +1,9 @@
-"""Unit tests of dgmbook.continual on tiny synthetic data (no MNIST needed, a few seconds)."""
+"""Unit tests of dgmbook.continual on tiny synthetic data (no MNIST needed, a few
+seconds), the full experiment's included."""
+
+import dataclasses
+import json
+import math
 
 import pytest
 import torch
@@ -6,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgmbook import continual as C
+from dgmbook.utils import torch_threads
 
 
 def tiny_data(n_train=192, n_test=64, seed=0) -> C.PermutedMNIST:
@@ -238,3 +244,133 @@ def test_concat_rows_indexes_like_torch_cat():
         assert torch.equal(rows[idx[s:s + 6]], whole[idx[s:s + 6]])
     labels = C.ConcatRows([torch.arange(3), torch.arange(10, 12)])
     assert labels[torch.tensor([4, 0, 3])].tolist() == [11, 0, 10]
+
+
+# --- the full experiment (python -m dgmbook full continual-learning) ------------------
+
+def test_full_configs():
+    pairs = C.full_configs()
+    names = ["naive", "ewc", "replay_1000", "full_rehearsal"]
+    want = [(n, e, s) for e in (1, 3) for s in range(5) for n in names]
+    assert [(n, c.epochs, c.seed) for n, c in pairs] == want
+    # the chapter's SCALE10
+    scale10 = dict(model="mlp", n_tasks=10, n_train=30_000, n_test=2_000)
+    kw = {"naive": dict(strategy="naive"),
+          "ewc": dict(strategy="ewc", ewc_lambda=10.0, fisher="sampled"),
+          "replay_1000": dict(strategy="replay", buffer_size=1000),
+          "full_rehearsal": dict(strategy="replay", buffer_size=None)}
+    default = dataclasses.asdict(C.Config())
+    for n, c in pairs:
+        assert dataclasses.asdict(c) == {**default, **scale10, **kw[n],
+                                         "epochs": c.epochs, "seed": c.seed}
+    assert [dataclasses.asdict(c) for c in C.full_fisher_configs()] == [
+        {**default, **scale10, "seed": s} for s in range(5)]
+    assert C.FULL_FISHER_N == 2048  # fisher_comparison's default, the chapter's call
+
+
+def test_fisher_agreement_on_known_estimates():
+    exact = torch.arange(1.0, 201.0)  # 200 weights: the top 1% is the last 2
+    fc = {"exact": exact, "sampled": exact.clone(), "empirical": 3 * exact,
+          "course": exact.flip(0), "grad_mean": torch.full((200,), 0.5)}
+    a = C.fisher_agreement(fc)
+    assert a["sampled"] == pytest.approx(
+        {"log_corr": 1.0, "top1_overlap": 1.0, "total_ratio": 1.0})
+    assert a["empirical"]["log_corr"] == pytest.approx(1.0)
+    assert a["empirical"]["total_ratio"] == pytest.approx(3.0)
+    assert a["course"]["log_corr"] < 0 and a["course"]["top1_overlap"] == 0.0
+    assert a["grad_mean_share"] == pytest.approx(200 * 0.25 / (3 * exact.sum().item()))
+
+
+def _tiny_full(monkeypatch, seeds, epochs):
+    """The full experiment on tiny_data, 3 tasks of a 16-unit MLP (run it on one thread:
+    the tiny runs gain nothing from more, and lose much on a busy machine)."""
+    monkeypatch.setattr(C, "load_permuted_mnist",
+                        lambda n_train=None, n_test=None, seed=0: tiny_data(seed=seed))
+    monkeypatch.setattr(C, "FULL_BASE", dict(model="mlp", hidden=16, n_tasks=3,
+                                             batch_size=32, fisher_n=64, bf16=False))
+    monkeypatch.setattr(C, "FULL_SEEDS", seeds)
+    monkeypatch.setattr(C, "FULL_EPOCHS", epochs)
+    monkeypatch.setattr(C, "FULL_FISHER_N", 64)
+
+
+STRATEGY_KEYS = {"final_average_accuracy", "minus_naive", "forgetting", "diagonal_mean",
+                 "first_task_final", "last_task_final", "average_accuracy_curve",
+                 "forgetting_per_task", "R", "memory_mb", "compute_x_naive",
+                 "capped_fraction", "seconds"}
+
+
+def test_full_experiment_on_tiny_runs(monkeypatch, capsys):
+    _tiny_full(monkeypatch, seeds=(0, 1), epochs=(1, 2))
+    with torch_threads(1):
+        config, metrics = C.full_experiment(progress=False)
+    assert capsys.readouterr() == ("", "")  # progress=False: silent
+    json.dumps(config, allow_nan=False)
+    json.dumps(metrics, allow_nan=False)
+    assert len(config["runs"]) == 2 * 2 * 4 and len(config["fisher_runs"]) == 2
+    settings = (config["seeds"], config["epochs"], config["fisher_n"])
+    assert settings == ([0, 1], [1, 2], 64)
+    assert list(metrics) == ["epochs1", "epochs2", "epochs2_minus_epochs1", "fisher"]
+    names = ["naive", "ewc", "replay_1000", "full_rehearsal"]
+    for e in ("epochs1", "epochs2"):
+        assert list(metrics[e]) == names
+        for m in metrics[e].values():
+            assert set(m) == STRATEGY_KEYS
+            for key in STRATEGY_KEYS - {"average_accuracy_curve", "forgetting_per_task",
+                                        "R"}:
+                s = m[key]
+                assert len(s["values"]) == 2 and math.isfinite(s["se"])
+                assert s["mean"] == pytest.approx(sum(s["values"]) / 2)
+            assert len(m["average_accuracy_curve"]["mean"]) == 3
+            assert len(m["forgetting_per_task"]["se"]) == 2
+            assert len(m["R"]["values"]) == 2
+            assert torch.tensor(m["R"]["mean"]).shape == (3, 3)
+        assert metrics[e]["naive"]["minus_naive"]["values"] == [0.0, 0.0]
+        assert metrics[e]["naive"]["compute_x_naive"]["values"] == [1.0, 1.0]
+        rehearsal = metrics[e]["full_rehearsal"]["compute_x_naive"]["values"]
+        assert rehearsal == pytest.approx([2.0, 2.0])  # (1 + 2 + 3) / 3
+    # the numbers are run()'s, the chapter's metrics of its R
+    cfg = C.Config(**{**C.FULL_BASE, "strategy": "ewc", "ewc_lambda": 10.0,
+                      "epochs": 2, "seed": 1})
+    with torch_threads(1):
+        R = C.run(cfg)["R"]
+    ewc = metrics["epochs2"]["ewc"]
+    assert ewc["R"]["values"][1] == R.tolist()
+    assert ewc["final_average_accuracy"]["values"][1] == pytest.approx(
+        C.average_accuracy(R)[-1].item())
+    f = ewc["forgetting"]["values"]
+    assert f[1] == pytest.approx(C.forgetting(R).mean().item())
+    diff = metrics["epochs2_minus_epochs1"]["ewc"]["forgetting"]["values"]
+    f1 = metrics["epochs1"]["ewc"]["forgetting"]["values"]
+    assert diff == pytest.approx([a - b for a, b in zip(f, f1)])
+    fisher = metrics["fisher"]
+    assert set(fisher) == {"sampled", "empirical", "course", "grad_mean_share",
+                           "test_accuracy", "seconds"}
+    for m in ("sampled", "empirical", "course"):
+        assert set(fisher[m]) == {"log_corr", "top1_overlap", "total_ratio"}
+        assert all(-1 <= v <= 1 for v in fisher[m]["log_corr"]["values"])
+    assert len(fisher["test_accuracy"]["values"]) == 2
+
+
+def test_full_experiment_progress_lines_and_one_seed(monkeypatch, capsys):
+    _tiny_full(monkeypatch, seeds=(3,), epochs=(1,))
+    with torch_threads(1):
+        _, metrics = C.full_experiment(progress=True)
+    out = capsys.readouterr()
+    assert out.out == ""
+    heads = [line.split(":")[0] for line in out.err.splitlines()]
+    assert heads == [f"[{i}/4] continual epochs=1 seed=3 {n}" for i, n in enumerate(
+        ["naive", "ewc", "replay_1000", "full_rehearsal"], 1)] + [
+        "[1/1] continual Fisher seed=3"]
+    assert list(metrics) == ["epochs1", "fisher"]
+    assert metrics["epochs1"]["ewc"]["forgetting"]["se"] is None  # one seed: no error
+    assert metrics["epochs1"]["ewc"]["R"]["se"] is None
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_cli_lists_the_continual_experiment(capsys):
+    from dgmbook import cli
+
+    assert cli.main(["list"]) == 0
+    assert "continual-learning" in capsys.readouterr().out.split()
+    spec = cli.EXPERIMENTS["continual-learning"]
+    assert cli._resolve(spec) is C.full_experiment

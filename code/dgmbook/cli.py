@@ -31,6 +31,7 @@ from dgmbook import data, device, distributed, recorded
 
 # name -> "module:function"; chapters with long runs add one line here.
 EXPERIMENTS: dict[str, str] = {
+    "continual-learning": "dgmbook.continual:full_experiment",
     "summarization-scratch": "dgmbook.summarization.scratch:full_experiment",
     "summarization-pretrained": "dgmbook.summarization.bert2bert:full_experiment",
     "vae": "dgmbook.vae:full_experiment",
