@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from dgmbook.summarization import llm
 from dgmbook.summarization.data import SummaryExample
@@ -72,7 +73,7 @@ def test_postprocess():
 
 @needs_smollm2
 def test_chat_prompt_and_truncation():
-    _, tokenizer = llm.load_smollm2()
+    _, tokenizer = llm.load_smollm2(torch.bfloat16)  # the weights summarize uses
     prompt = llm.chat_prompt(tokenizer, llm.ONE_SENTENCE, "The cat sat.")
     assert prompt.startswith("<|im_start|>system\n")
     assert "<|im_start|>user\nSummarize this document in one sentence: The cat sat.<|im_end|>\n" in prompt
@@ -86,8 +87,9 @@ def test_chat_prompt_and_truncation():
 
 @needs_smollm2
 def test_smollm2_summarizes_deterministically():
-    model, tokenizer = llm.load_smollm2()
+    model, tokenizer = llm.load_smollm2(torch.bfloat16)
     assert tokenizer.padding_side == "left" and not model.training
+    assert next(model.parameters()).dtype == torch.bfloat16  # summarize's default (bf16=True)
     batched = llm.summarize([TEXT, "Short."], llm.ONE_SENTENCE, max_new_tokens=24, batch_size=2)
     once, twice = (llm.summarize([TEXT], llm.ONE_SENTENCE, max_new_tokens=24) for _ in range(2))
     assert len(batched) == 2 and all(batched)
