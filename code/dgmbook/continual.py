@@ -646,7 +646,7 @@ def full_configs() -> list[tuple[str, Config]]:
     ``(strategy name, Config)`` pairs: the chapter's ten-task MLP setting (30,000
     training and 2,000 test images per task) with its four side-by-side strategies
     (naive; EWC with the sampled Fisher at lambda 10, the best of the chapter's sweep at
-    its last build; a 1,000-example replay buffer; full rehearsal), for seeds 0-4 (the
+    its last build; a 1,000-example replay buffer; full rehearsal), for seeds 0-2 (the
     chapter runs seed 0, and seed 1 for three of them) and for 1 and 3 epochs per task
     (the chapter trains one; its exercise 1 asks what more epochs do). Every other field
     is the chapter's. Epochs outermost, then seeds, then strategies; the seed-0,
