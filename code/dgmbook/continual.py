@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from . import device as devices
-from . import runcache
+from . import distributed, recorded, runcache
 from .utils import autocast, check_config, count_parameters, eval_mode, seed_everything
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -663,12 +663,7 @@ def full_fisher_configs() -> list[Config]:
     return [Config(**{**FULL_BASE, "seed": s}) for s in FULL_SEEDS]
 
 
-def _summary(values) -> dict:
-    """Per-seed values, their mean and standard error (sample sd / sqrt(n); None for
-    one value: JSON has no NaN)."""
-    a = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    se = (a.std() / math.sqrt(len(a))).item() if len(a) > 1 else None
-    return {"values": a.tolist(), "mean": a.mean().item(), "se": se}
+_summary = recorded.summary  # per-seed values, mean and standard error
 
 
 def _elementwise(tensors) -> dict:
@@ -748,8 +743,7 @@ def full_experiment(progress: bool = True,
               "fisher_n": FULL_FISHER_N,
               "runs": [{"name": name, "config": asdict(c)} for name, c in cfgs],
               "fisher_runs": [asdict(c) for c in fisher_cfgs]}
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
         return config, {}
 
     def say(line: str) -> None:

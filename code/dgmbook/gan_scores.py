@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import device as devices
-from . import digit_classifier, gan
+from . import digit_classifier, distributed, gan, recorded
 from .utils import PROGRESS_ENV
 
 Reference = tuple[np.ndarray, np.ndarray]  # Gaussian statistics (mean, covariance) of features
@@ -89,12 +89,7 @@ def full_configs() -> list[gan.GANConfig]:
             for loss in FULL_LOSSES for s in FULL_SEEDS]
 
 
-def _summary(values) -> dict:
-    """Per-seed values, their mean and standard error (sd / sqrt(n), None for one value:
-    JSON has no NaN)."""
-    a = np.asarray(values, dtype=np.float64)
-    se = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
-    return {"values": a.tolist(), "mean": float(a.mean()), "se": se}
+_summary = recorded.summary  # per-seed values, mean and standard error
 
 
 def _score_summary(scores: list[dict]) -> dict:
@@ -181,8 +176,7 @@ def full_experiment(progress: bool = True,
               "book_iters": FULL_BOOK_ITERS, "n_eval": FULL_N_EVAL, "n_fd": FULL_N_FD,
               "n_reference": FULL_N_REFERENCE, "tail": FULL_TAIL,
               "smooth": FULL_SMOOTH, "curve_every": FULL_CURVE_EVERY}
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
         return config, {}
 
     def say(line: str) -> None:

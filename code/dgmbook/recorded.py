@@ -7,6 +7,7 @@ hardware it ran on and its wall time, so that a chapter can show it beside the l
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import time
@@ -16,6 +17,17 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def summary(values) -> dict:
+    """Per-seed values of a full run's metric, their mean and standard error (sample standard
+    deviation / sqrt(n)), as JSON: the standard error of one value is None (JSON has no NaN)."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    mean = math.fsum(vals) / n
+    se = (math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1) / n)
+          if n > 1 else None)
+    return {"values": vals, "mean": mean, "se": se}
 
 
 def results_path(name: str) -> Path:

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgmbook import device as devices
+from dgmbook import distributed, recorded
 from dgmbook.data import load_image_dataset
 from dgmbook.utils import (PROGRESS_ENV, autocast, check_config, progress,
                            seed_everything, torch_threads)
@@ -545,12 +546,7 @@ def full_configs() -> list[VAEConfig]:
             for z in FULL_Z_DIMS for s in FULL_SEEDS]
 
 
-def _summary(values) -> dict:
-    """Per-seed values, their mean and standard error (:func:`mean_se`), for JSON (an
-    undefined standard error, of one value, is None: JSON has no NaN)."""
-    mean, se = mean_se(values)
-    return {"values": [float(v) for v in values], "mean": mean,
-            "se": se if math.isfinite(se) else None}
+_summary = recorded.summary  # per-seed values, mean and standard error
 
 
 def _coarse_curves(runs: list[dict], cfg: VAEConfig) -> dict[str, list]:
@@ -613,8 +609,7 @@ def full_experiment(progress: bool = True, workers: int | None = None,
     workers = max(1, workers or default_workers())
     config = {"runs": [asdict(c) for c in cfgs], "workers": workers,
               "iwae_images": FULL_IWAE_IMAGES, "curve_every": FULL_CURVE_EVERY}
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
         return config, {}
 
     def say(line: str) -> None:
