@@ -25,6 +25,25 @@ def one_thread():
         yield
 
 
+@pytest.fixture
+def as_rank(monkeypatch):
+    """``as_rank(rank, world)``: torch.distributed as one process of a launched group sees
+    it, without a group; returns the list to which the process's gathers to rank 0
+    (``gather_object``) append what they send."""
+
+    def become(rank: int, world: int) -> list:
+        sent: list = []
+        dist = torch.distributed
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_rank", lambda: rank)
+        monkeypatch.setattr(dist, "get_world_size", lambda: world)
+        monkeypatch.setattr(dist, "gather_object",
+                            lambda obj, *args, **kwargs: sent.append(obj))
+        return sent
+
+    return become
+
+
 @pytest.fixture(scope="session")
 def dialogsum():
     """DialogSum's splits as ``SummaryExample`` lists: ``{"train": ..., "validation": ...,

@@ -367,6 +367,23 @@ def test_full_experiment_progress_lines_and_one_seed(monkeypatch, capsys):
     json.dumps(metrics, allow_nan=False)
 
 
+def test_full_experiment_under_a_launcher_deals_the_runs(monkeypatch, as_rank):
+    """As rank 1 of 3: it trains every third run from the second and sends them to
+    rank 0, and runs no Fisher comparison."""
+    _tiny_full(monkeypatch, seeds=(0, 1), epochs=(1,))  # 8 runs
+    trained = []
+    run = C.run
+    monkeypatch.setattr(C, "run", lambda c, **kw: trained.append(c) or run(c, **kw))
+    monkeypatch.setattr(C, "fisher_comparison",
+                        lambda *a, **kw: pytest.fail("rank 1 compared"))
+    sent = as_rank(1, 3)
+    with torch_threads(1):
+        config, metrics = C.full_experiment(progress=True)
+    assert metrics == {}
+    assert trained == [C.full_configs()[i][1] for i in (1, 4, 7)]
+    assert list(sent[0]) == [1, 4, 7] and "R" in sent[0][4][0]
+
+
 def test_cli_lists_the_continual_experiment(capsys):
     from dgmbook import cli
 

@@ -1,6 +1,6 @@
 """Data-parallel training (dgmbook.distributed): two CPU processes (gloo, 127.0.0.1)
 launched by ``torchrun`` or ``accelerate launch`` train the same tiny models as one
-process at the same global batch.
+process at the same global batch, and deal independent jobs to the processes.
 
 The test launches this file as a script under ``torchrun --nproc_per_node 2`` and under
 ``accelerate launch --num_processes 2``; each process runs :func:`worker`, which
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dgmbook import continual as C
 from dgmbook import device as devices
 from dgmbook import distributed
 from dgmbook.summarization import model as seq2seq
@@ -94,6 +95,17 @@ def tiny_full_runs() -> dict[str, list[str]]:
             for name, module in (("scratch", S), ("bert2bert", P))}
 
 
+def tiny_continual() -> dict:
+    """The continual-learning full experiment (independent runs, dealt to the processes)
+    on test_continual's tiny runs: 2 seeds x 4 strategies, 3 tasks of a 16-unit MLP."""
+    import test_continual
+
+    test_continual._tiny_full(pytest.MonkeyPatch(), seeds=(0, 1), epochs=(1,))
+    from dgmbook import continual
+
+    return continual.full_experiment(progress=False)[1]
+
+
 def worker(out: Path) -> None:
     from dgmbook import cli, recorded
 
@@ -101,9 +113,13 @@ def worker(out: Path) -> None:
     finetune = tiny_finetune()  # joins the launcher's group (train calls setup)
     # a time budget: every process must stop at the same step
     timed = S.train(tiny_scratch(max_steps=None, minutes=0.03, train_examples=400))
+    # independent jobs (the VAE, GAN and continual-learning full runs): dealt, gathered
+    dealt = list(distributed.deal(5))
+    gathered = distributed.collect({i: [i, rank] for i in dealt}, 5)
     (out / f"rank{rank}.json").write_text(json.dumps({
         "finetune": finetune["curves"], "timed_steps": timed["steps"],
         "world": distributed.world_size(), "full_runs": tiny_full_runs(),
+        "dealt": dealt, "gathered": gathered, "continual": tiny_continual(),
     }))
     recorded.RESULTS_DIR = out  # the results file goes to the test's folder
     cli.EXPERIMENTS["tiny-distributed"] = f"{__name__}:scratch_experiment"
@@ -133,7 +149,7 @@ def launch_command(launcher: str, script: str, *args: str) -> list[str]:
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_processes_train_as_one(tmp_path, launcher):
+def test_two_processes_train_as_one(tmp_path, launcher, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DGMBOOK_DEVICE": "cpu",
            "DGMBOOK_PROGRESS": "0"}
     command = launch_command(launcher, __file__, str(tmp_path))
@@ -181,6 +197,20 @@ def test_two_processes_train_as_one(tmp_path, launcher):
     assert {"source_use", "final_val_loss", "summaries"} <= set(full["scratch"])
     assert {"curves", "summaries"} <= set(full["bert2bert"])
     assert ranks[1]["full_runs"] == {"scratch": [], "bert2bert": []}
+    # independent jobs: each runs on one process, rank 0 has every result in order
+    assert (ranks[0]["dealt"], ranks[1]["dealt"]) == ([0, 2, 4], [1, 3])
+    assert ranks[0]["gathered"] == [[i, i % WORLD] for i in range(5)]
+    assert ranks[1]["gathered"] is None
+    # ... and a full experiment of independent runs gives one process's results
+    import test_continual
+
+    test_continual._tiny_full(monkeypatch, seeds=(0, 1), epochs=(1,))
+    one_cl = C.full_experiment(progress=False)[1]
+    assert ranks[1]["continual"] == {}
+    for name, m in one_cl["epochs1"].items():
+        two_cl = ranks[0]["continual"]["epochs1"][name]
+        for key in ("final_average_accuracy", "forgetting"):
+            assert two_cl[key]["values"] == pytest.approx(m[key]["values"], abs=1e-6)
     # a time budget ends on every process at the same step
     assert ranks[0]["timed_steps"] == ranks[1]["timed_steps"] > 0
 

@@ -322,25 +322,25 @@ def test_full_experiment_progress_lines(monkeypatch, capsys):
     out = capsys.readouterr()
     assert out.out == ""
     assert [ln.split(":")[0] for ln in out.err.splitlines()] == [
-        "classifier", "[1/2] gan ns seed=0", "[2/2] gan minimax seed=0",
-        "scoring 20 samples of 4 generators"]
+        "[1/2] gan ns seed=0", "[2/2] gan minimax seed=0", "classifier",
+        "gan ns seed=0", "gan minimax seed=0", "scoring 20 samples of 4 generators"]
     assert metrics["ns"]["final"]["fd"]["se"] is None  # one seed: no standard error
     json.dumps(metrics, allow_nan=False)
 
 
-def test_full_experiment_runs_on_rank_0_only(monkeypatch):
-    cfgs = [_full_cfg("ns", 0)]
+def test_full_experiment_under_a_launcher_deals_the_runs(monkeypatch, as_rank):
+    """As rank 1 of 2: it trains the second of two runs and sends it to rank 0, and
+    neither trains the classifier nor scores."""
+    cfgs = [_full_cfg("ns", 0), _full_cfg("minimax", 0)]
     _tiny_full(monkeypatch, cfgs)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("rank 1 trained")
-
-    monkeypatch.setattr(dc, "train", refuse)
-    monkeypatch.setattr(gan, "train", refuse)
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    config, metrics = gan_scores.full_experiment(progress=False)
-    assert metrics == {} and config["runs"] == [dataclasses.asdict(cfgs[0])]
+    trained, train = [], gan.train
+    monkeypatch.setattr(gan, "train", lambda c, **kw: trained.append(c) or train(c, **kw))
+    monkeypatch.setattr(dc, "train", lambda *a, **kw: pytest.fail("rank 1 scored"))
+    sent = as_rank(1, 2)
+    config, metrics = gan_scores.full_experiment(progress=True)
+    assert metrics == {} and config["runs"] == [dataclasses.asdict(c) for c in cfgs]
+    assert trained == cfgs[1:]
+    assert list(sent[0]) == [1] and sent[0][1][0]["curves"]["d_loss"]
 
 
 def test_cli_lists_the_gans_experiment(capsys):

@@ -404,6 +404,25 @@ def test_full_experiment_progress_lines(monkeypatch, capsys):
     assert metrics["z2"]["seeds"] == [0, 1]
 
 
+def test_full_experiment_under_a_launcher_deals_the_runs(monkeypatch, as_rank):
+    """As rank 1 of 2: it trains the second and fourth of four runs and sends them to
+    rank 0, and does not evaluate."""
+    tiny_data(monkeypatch)
+    cfgs = [tiny_cfg(seed=s) for s in range(4)]
+    monkeypatch.setattr(vae, "full_configs", lambda: cfgs)
+    trained = []
+    run_many = vae.run_many
+    monkeypatch.setattr(vae, "run_many",
+                        lambda cs, **kw: trained.extend(cs) or run_many(cs, **kw))
+    monkeypatch.setattr(vae, "evaluate_models",
+                        lambda *a, **kw: pytest.fail("rank 1 evaluated"))
+    sent = as_rank(1, 2)
+    config, metrics = vae.full_experiment(progress=True, workers=1)
+    assert metrics == {} and len(config["runs"]) == 4
+    assert trained == [cfgs[1], cfgs[3]]
+    assert list(sent[0]) == [1, 3] and "subset" in sent[0][3]
+
+
 def test_cli_lists_the_vae_experiment(capsys):
     from dgmbook import cli
 

@@ -732,8 +732,10 @@ def full_experiment(progress: bool = True,
     three Fisher comparisons (1.2 s each) add 4 s: about 8 minutes in all.
 
     progress: one line on stderr per finished run and per Fisher comparison; nothing
-    otherwise. On ``device`` (default ``$DGMBOOK_DEVICE``). Under ``torchrun`` rank 0
-    alone runs them (they are small); the other ranks return empty metrics."""
+    otherwise. On ``device`` (default ``$DGMBOOK_DEVICE``). Under ``torchrun`` or
+    ``accelerate launch`` the runs are dealt to the ranks (:func:`distributed.deal`:
+    every rank trains every N-th run, rank 0 prints its own); rank 0 gathers them and
+    runs the Fisher comparisons, the other ranks return empty metrics."""
     if next(iter(FULL_STRATEGIES)) != "naive":
         raise ValueError("FULL_STRATEGIES must start with 'naive' (the reference)")
     cfgs = full_configs()
@@ -743,23 +745,28 @@ def full_experiment(progress: bool = True,
               "fisher_n": FULL_FISHER_N,
               "runs": [{"name": name, "config": asdict(c)} for name, c in cfgs],
               "fisher_runs": [asdict(c) for c in fisher_cfgs]}
-    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
-        return config, {}
 
     def say(line: str) -> None:
-        if progress:
+        if progress and distributed.is_main():
             print(line, file=sys.stderr, flush=True)
 
-    done: dict[tuple[int, str], list] = {}  # (epochs, name) -> [(result, seconds)]
-    for i, (name, c) in enumerate(cfgs, 1):
+    mine = {}  # this rank's share of the runs: index -> (result, seconds)
+    for i in distributed.deal(len(cfgs)):
+        name, c = cfgs[i]
         start = time.perf_counter()
         res = run(c, device=device)
         seconds = time.perf_counter() - start
-        done.setdefault((c.epochs, name), []).append((res, seconds))
+        mine[i] = (res, seconds)
         f = forgetting(res["R"]).mean().item()
-        say(f"[{i}/{len(cfgs)}] continual epochs={c.epochs} seed={c.seed} {name}: "
+        say(f"[{i + 1}/{len(cfgs)}] continual epochs={c.epochs} seed={c.seed} {name}: "
             f"A_T {100 * _final_A(res):.1f}%, forgetting {100 * f:.1f} points, "
             f"{seconds:.1f} s")
+    results = distributed.collect(mine, len(cfgs))
+    if results is None:  # under a launcher, not rank 0: rank 0 has the runs
+        return config, {}
+    done: dict[tuple[int, str], list] = {}  # (epochs, name) -> [(result, seconds)]
+    for (name, c), res_seconds in zip(cfgs, results):
+        done.setdefault((c.epochs, name), []).append(res_seconds)
     metrics: dict = {}
     for e in FULL_EPOCHS:
         naive = [r for r, _ in done[(e, "naive")]]

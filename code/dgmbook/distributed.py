@@ -24,6 +24,10 @@ How the training loops use it (all of it a no-op with one process):
 * time budgets end on every rank at once (:func:`all_max` of the elapsed time), and
   validation losses are sums over every rank's share of the batches (:func:`all_sum`);
 * rank 0 alone prints progress and writes the results file (:func:`is_main`).
+
+Experiments made of many small independent runs (seeds, losses, strategies) split the
+runs instead: each rank trains every ``world_size``-th run (:func:`deal`), and rank 0
+gathers the results in order (:func:`collect`) and evaluates them.
 """
 
 from __future__ import annotations
@@ -98,6 +102,28 @@ def shard(items: Sequence[T]) -> list[T] | None:
     if len(items) < world:
         return None
     return list(items[rank() :: world])
+
+
+def deal(n: int) -> range:
+    """The indices of the ``n`` independent jobs this rank runs: every ``world_size``-th
+    from ``rank`` (all of them with one process)."""
+    return range(rank(), n, world_size())
+
+
+def collect(mine: dict[int, T], n: int) -> list[T] | None:
+    """The results of all ``n`` jobs in index order on rank 0, None on the others:
+    ``mine`` maps the indices this rank was dealt (:func:`deal`) to its results, which
+    every rank sends to rank 0 (pickled, so keep tensors on the CPU). With one process,
+    ``mine``'s values in order."""
+    if world_size() > 1:
+        parts: list | None = [None] * world_size() if is_main() else None
+        dist.gather_object(mine, parts, dst=0)
+        if not is_main():
+            return None
+        mine = {i: r for part in parts for i, r in part.items()}
+    if sorted(mine) != list(range(n)):
+        raise ValueError(f"results for jobs {sorted(mine)}, expected 0 to {n - 1}")
+    return [mine[i] for i in range(n)]
 
 
 def _reduce(values: Sequence[float], op) -> list[float]:

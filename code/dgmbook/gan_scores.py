@@ -163,8 +163,10 @@ def full_experiment(progress: bool = True,
 
     progress: a line on stderr per finished stage (and the training loops' bars where
     they show, in a terminal); nothing otherwise. On ``device`` (default
-    ``$DGMBOOK_DEVICE``). Under ``torchrun`` rank 0 alone runs them (they are small
-    and run one after another); the other ranks return empty metrics."""
+    ``$DGMBOOK_DEVICE``). Under ``torchrun`` or ``accelerate launch`` the training runs
+    are dealt to the ranks (:func:`distributed.deal`: every rank trains every N-th,
+    rank 0 shows its own); rank 0 gathers them, trains the classifier and scores every
+    generator, the other ranks return empty metrics."""
     device = devices.resolve(device)
     cfgs = full_configs()
     for c in cfgs:  # the generator at the book's length must be kept
@@ -176,15 +178,24 @@ def full_experiment(progress: bool = True,
               "book_iters": FULL_BOOK_ITERS, "n_eval": FULL_N_EVAL, "n_fd": FULL_N_FD,
               "n_reference": FULL_N_REFERENCE, "tail": FULL_TAIL,
               "smooth": FULL_SMOOTH, "curve_every": FULL_CURVE_EVERY}
-    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
-        return config, {}
 
     def say(line: str) -> None:
-        if progress:
+        if progress and distributed.is_main():
             print(line, file=sys.stderr, flush=True)
 
-    quiet = {} if progress else {PROGRESS_ENV: "0"}  # no training bars when silent
+    # no training bars when silent, nor on the ranks other than 0
+    quiet = {} if progress and distributed.is_main() else {PROGRESS_ENV: "0"}
     with mock.patch.dict(os.environ, quiet):
+        mine = {}  # this rank's share of the training runs: index -> (run, seconds)
+        for i in distributed.deal(len(cfgs)):
+            c, t0 = cfgs[i], time.perf_counter()
+            mine[i] = (gan.train(c, device=device), time.perf_counter() - t0)
+            say(f"[{i + 1}/{len(cfgs)}] gan {c.loss} seed={c.seed}: "
+                f"{mine[i][1]:.0f} s training")
+        trained = distributed.collect(mine, len(cfgs))
+        if trained is None:  # under a launcher, not rank 0: rank 0 has the runs
+            return config, {}
+
         t0 = time.perf_counter()
         clf_run = digit_classifier.train(FULL_CLASSIFIER, device=device)
         clf_seconds = time.perf_counter() - t0
@@ -200,19 +211,18 @@ def full_experiment(progress: bool = True,
             f"{floor_fd:.1f}")
 
         runs, generators = [], {}
-        for i, c in enumerate(cfgs, 1):
-            t0 = time.perf_counter()
-            run = gan.train(c, device=device)
+        for c, (run, train_seconds) in zip(cfgs, trained):
             t1 = time.perf_counter()
             fd = fd_over_training(clf, reference, c, run, n=FULL_N_FD, device=device)
             generators[(c.loss, c.seed)] = gan.build(c, run)[0]
             generators[(c.loss, c.seed, "book")] = gan.build(
                 c, run, snapshot=FULL_BOOK_ITERS)[0]
-            runs.append({"curves": run["curves"], "fd": fd, "train_seconds": t1 - t0,
+            runs.append({"curves": run["curves"], "fd": fd,
+                         "train_seconds": train_seconds,
                          "fd_seconds": time.perf_counter() - t1})
-            say(f"[{i}/{len(cfgs)}] gan {c.loss} seed={c.seed}: {t1 - t0:.0f} s "
-                f"training; FD of {FULL_N_FD} samples at {FULL_BOOK_ITERS} "
-                f"{fd[FULL_BOOK_ITERS]:.1f}, at {c.iters} {fd[c.iters]:.1f}")
+            say(f"gan {c.loss} seed={c.seed}: FD of {FULL_N_FD} samples at "
+                f"{FULL_BOOK_ITERS} {fd[FULL_BOOK_ITERS]:.1f}, at {c.iters} "
+                f"{fd[c.iters]:.1f}")
 
         say(f"scoring {FULL_N_EVAL} samples of {len(generators)} generators")
         t0 = time.perf_counter()

@@ -602,30 +602,35 @@ def full_experiment(progress: bool = True, workers: int | None = None,
     progress: a line on stderr per finished run and per evaluation; nothing otherwise.
     The training loops' own bars stay off (two processes would draw them on one line).
     The runs go ``workers`` at a time, so a batch's lines come when its slower run ends.
-    On ``device`` (default ``$DGMBOOK_DEVICE``). Under ``torchrun`` rank 0 alone runs
-    them (they are small and independent); the other ranks return empty metrics."""
+    On ``device`` (default ``$DGMBOOK_DEVICE``). Under ``torchrun`` or ``accelerate
+    launch`` the runs are dealt to the ranks (:func:`distributed.deal`: every rank
+    trains every N-th run, ``workers`` at a time, rank 0 shows its own); rank 0 gathers
+    and evaluates them, the other ranks return empty metrics."""
     device = devices.resolve(device)
     cfgs = full_configs()
     workers = max(1, workers or default_workers())
     config = {"runs": [asdict(c) for c in cfgs], "workers": workers,
               "iwae_images": FULL_IWAE_IMAGES, "curve_every": FULL_CURVE_EVERY}
-    if not distributed.is_main():  # under a launcher: rank 0 alone runs them
-        return config, {}
 
     def say(line: str) -> None:
-        if progress:
+        if progress and distributed.is_main():
             print(line, file=sys.stderr, flush=True)
 
-    runs: list[dict] = []
+    mine: dict[int, dict] = {}  # this rank's share of the runs: index -> result
+    dealt = list(distributed.deal(len(cfgs)))
     with mock.patch.dict(os.environ, {PROGRESS_ENV: "0"}):  # spawned workers inherit it
-        for start in range(0, len(cfgs), workers):
-            batch = cfgs[start:start + workers]
-            runs += run_many(batch, workers=workers, device=device, timed=True)
-            for i, (c, r) in enumerate(zip(batch, runs[start:]), start + 1):
-                sub = r["subset"]
+        for start in range(0, len(dealt), workers):
+            batch = dealt[start:start + workers]
+            done = run_many([cfgs[i] for i in batch], workers=workers, device=device,
+                            timed=True)
+            for i, r in zip(batch, done):
+                mine[i], c, sub = r, cfgs[i], r["subset"]
                 terms = " ".join(f"{k} {sub[k]:.2f}" for k in ("nelbo", "kl", "rec"))
-                say(f"[{i}/{len(cfgs)}] vae z={c.z_dim} seed={c.seed}: "
+                say(f"[{i + 1}/{len(cfgs)}] vae z={c.z_dim} seed={c.seed}: "
                     f"{r['train_seconds']:.0f} s training; 100 images: {terms}")
+    runs = distributed.collect(mine, len(cfgs))
+    if runs is None:  # under a launcher, not rank 0: rank 0 has the runs
+        return config, {}
     metrics = {}
     for z in dict.fromkeys(c.z_dim for c in cfgs):  # in order, once each
         zc = [c for c in cfgs if c.z_dim == z]
