@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import synthetic
+
 from dgmbook import continual as C
 from dgmbook import device as devices
 from dgmbook import digit_classifier as dc
@@ -191,23 +193,13 @@ def test_gan(monkeypatch):
     assert out["samples"].shape == (5, 784)
 
 
-def _synthetic_digits(n, seed):
-    """Digit k is a bright vertical bar at columns 1 + 2k .. 3 + 2k (learnable in seconds)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(10, (n,), generator=g)
-    x = torch.full((n, 28, 28), -1.0) + 0.1 * torch.rand(n, 28, 28, generator=g)
-    for i, k in enumerate(y.tolist()):
-        x[i, :, 1 + 2 * k:4 + 2 * k] = 1.0
-    return x, y
-
-
 def test_digit_classifier_and_gan_scores(monkeypatch):
     monkeypatch.setattr(dc, "mnist_float",
-                        lambda train, n=None: _synthetic_digits(256 if train else 64, int(train)))
+                        lambda train, n=None: synthetic.digits(256 if train else 64, int(train)))
     cfg = dc.ClassifierConfig(channels=(4, 8), feature_dim=8, epochs=1, batch_size=64, lr=1e-2)
     gcfg = _tiny_gan_cfg()
     gan_run = gan.train(gcfg, _tiny_images(), device="cpu")
-    x, _ = _synthetic_digits(40, 7)
+    x, _ = synthetic.digits(40, 7)
 
     def run(device):
         out = dc.train(cfg, device=device)

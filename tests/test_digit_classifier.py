@@ -8,6 +8,8 @@ import pytest
 import scipy.linalg
 import torch
 
+import synthetic
+
 from dgmbook import digit_classifier as dc
 
 
@@ -54,23 +56,13 @@ def test_network_shapes():
     assert torch.equal(m(x), m(x.reshape(3, 28, 28)))
 
 
-def _synthetic(n, seed):
-    """Digit k = a bright k-th 3-pixel-wide vertical band: trivially separable."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(10, (n,), generator=g)
-    x = torch.full((n, 28, 28), -1.0) + 0.1 * torch.rand(n, 28, 28, generator=g)
-    for i, k in enumerate(y.tolist()):
-        x[i, :, 1 + 2 * k:4 + 2 * k] = 1.0
-    return x, y
-
-
 def test_train_and_evaluate_on_synthetic_digits(monkeypatch):
-    monkeypatch.setattr(dc, "mnist_float", lambda train, n=None: _synthetic(1024 if train else 256, int(train)))
+    monkeypatch.setattr(dc, "mnist_float", lambda train, n=None: synthetic.digits(1024 if train else 256, int(train)))
     cfg = dc.ClassifierConfig(channels=(4, 8), feature_dim=16, epochs=2, batch_size=64, lr=1e-2, bf16=False)
     res = dc.train(cfg)
     assert res["test_accuracy"] > 0.9
     model = dc.build(cfg, res)
-    x, _ = _synthetic(400, 7)
+    x, _ = synthetic.digits(400, 7)
     ref = dc.gaussian_stats(dc.features(model, x))
     ev = dc.evaluate(model, x, ref)
     assert ev["fd"] == pytest.approx(0.0, abs=1e-5)

@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import synthetic
+
 from dgmbook import digit_classifier as dc
 from dgmbook import gan, gan_scores
 
@@ -233,21 +235,11 @@ def test_full_configs():
     assert (gan_scores.FULL_TAIL, gan_scores.FULL_SMOOTH) == (500, 100)
 
 
-def _synthetic_digits(n, seed):
-    """Digit k is a bright vertical bar at columns 1 + 2k .. 3 + 2k, in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(10, (n,), generator=g)
-    x = torch.full((n, 28, 28), -1.0) + 0.1 * torch.rand(n, 28, 28, generator=g)
-    for i, k in enumerate(y.tolist()):
-        x[i, :, 1 + 2 * k:4 + 2 * k] = 1.0
-    return x, y
-
-
 def _tiny_full(monkeypatch, cfgs):
     """The full experiment on ``cfgs``, tiny data and a tiny classifier (no MNIST)."""
     monkeypatch.setattr(gan, "mnist_vectors",
                         lambda train=True, n=None: (_tiny_data(), torch.zeros(100)))
-    monkeypatch.setattr(dc, "mnist_float", lambda train, n=None: _synthetic_digits(
+    monkeypatch.setattr(dc, "mnist_float", lambda train, n=None: synthetic.digits(
         n or 256 if train else 64, int(train)))
     monkeypatch.setattr(gan_scores, "full_configs", lambda: cfgs)
     monkeypatch.setattr(gan_scores, "FULL_CLASSIFIER", dc.ClassifierConfig(
