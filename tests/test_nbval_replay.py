@@ -130,6 +130,26 @@ def test_a_stale_primary_reference_fails_and_is_replaced_by_the_next_recording(b
     assert recordings.recording_target(book, AMD) == recordings.REFERENCES / "demo.ipynb"
 
 
+def test_a_gpu_run_is_compared_in_portable_mode(book, monkeypatch):
+    """The same host with the chapters on a GPU is another kind of machine: portable against
+    the CPU's reference, and its own recording goes to a folder of its own."""
+    import torch
+
+    from dgmbook import device as devices
+
+    monkeypatch.setattr(devices, "resolve", lambda setting=None: "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU 80GB")
+    monkeypatch.setattr(recordings, "ISA_FLAGS", ())  # whatever this CPU is: "baseline"
+    here = recordings.machine()
+    assert here["device"] == "cuda Some GPU 80GB"
+    on_cpu = {k: v for k, v in here.items() if k != "device"}
+    record(book, recordings.REFERENCES / "demo.ipynb", on_cpu)  # recorded here, on the CPU
+    assert recordings.choose_reference(book, on_cpu).strict
+    assert not recordings.choose_reference(book, here).strict
+    assert recordings.machine_slug(here).endswith("-cuda-some-gpu-80gb")
+    assert recordings.describe(here).endswith(", on cuda Some GPU 80GB")
+
+
 def test_machine_describes_this_one():
     here = recordings.machine()
     assert set(here) == {"cpu", "threads", "torch"} and here["threads"] >= 1

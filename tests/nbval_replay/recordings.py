@@ -89,10 +89,15 @@ ISA_FLAGS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512_bf16"), ("avx512f", "a
 
 def machine() -> dict:
     """What decides a chapter's exact floating-point results here: the CPU's vendor and the widest
-    instruction set the math libraries use on it, the number of threads torch uses, torch's version."""
+    instruction set the math libraries use on it, the number of threads torch uses, torch's version,
+    and the accelerator the chapters run on when ``$DGMBOOK_DEVICE`` names one (``"device"``: e.g.
+    ``"cuda NVIDIA H100 80GB HBM3"``; absent on the CPU, as in every reference recorded on one), so
+    that a chapter run on a GPU is compared in portable mode against the CPU's references."""
     import platform
 
     import torch
+
+    from dgmbook import device as devices
 
     vendor, flags = platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
@@ -105,17 +110,25 @@ def machine() -> dict:
                 flags = set(value.split())
                 break
     isa = next((name for flag, name in ISA_FLAGS if flag in flags), "baseline")
-    return {"cpu": f"{vendor} {isa}", "threads": torch.get_num_threads(), "torch": torch.__version__}
+    here = {"cpu": f"{vendor} {isa}", "threads": torch.get_num_threads(), "torch": torch.__version__}
+    device = torch.device(devices.resolve())
+    if device.type == "cuda":
+        here["device"] = f"cuda {torch.cuda.get_device_name(device)}"
+    elif device.type != "cpu":
+        here["device"] = device.type
+    return here
 
 
 def describe(m: dict | None) -> str:
     if m is None:
         return "an unrecorded machine"
-    return f"{m['cpu']}, {m['threads']} thread(s), torch {m['torch']}"
+    on = f", on {m['device']}" if "device" in m else ""
+    return f"{m['cpu']}, {m['threads']} thread(s), torch {m['torch']}{on}"
 
 
 def machine_slug(m: dict) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", f"{m['cpu']} {m['threads']}t".lower()).strip("-")
+    name = f"{m['cpu']} {m['threads']}t {m.get('device', '')}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def recorded_on(nb) -> dict | None:
