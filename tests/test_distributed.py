@@ -101,9 +101,7 @@ def tiny_continual() -> dict:
     import test_continual
 
     test_continual._tiny_full(pytest.MonkeyPatch(), seeds=(0, 1), epochs=(1,))
-    from dgmbook import continual
-
-    return continual.full_experiment(progress=False)[1]
+    return C.full_experiment(progress=False)[1]
 
 
 def worker(out: Path) -> None:

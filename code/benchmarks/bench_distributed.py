@@ -142,26 +142,20 @@ def main() -> None:
         return worker(args)
     if args.runs:
         independent_runs(args.runs)  # a bad --runs fails here, not in every process
-        print(f"torch {torch.__version__}, device {devices.resolve()}, {args.threads} "
-              f"thread(s) per process, {args.runs} independent continual-learning runs")
-        print(f"{'processes':>9} {'runs/min':>9} {'ratio':>6} {'wall s':>7}")
-        base = None
-        for procs in args.procs:
-            r = launch(procs, args)
-            base = base or r["runs_per_minute"]
-            print(f"{r['world']:>9} {r['runs_per_minute']:>9.2f} "
-                  f"{r['runs_per_minute'] / base:>6.2f} {r['wall']:>7.1f}", flush=True)
-        return
+        what = f"{args.runs} independent continual-learning runs"
+        key, label, width, wall = "runs_per_minute", "runs/min", 9, "runs wall s"
+    else:
+        what = f"global batch {args.batch}, {args.steps} timed steps"
+        key, label, width, wall = "examples_per_second", "examples/s", 11, "launch wall s"
     print(f"torch {torch.__version__}, device {devices.resolve()}, {args.threads} "
-          f"thread(s) per process, global batch {args.batch}, {args.steps} timed steps")
-    print(f"{'processes':>9} {'examples/s':>11} {'ratio':>6} {'launch wall s':>14}")
+          f"thread(s) per process, {what}")
+    print(f"{'processes':>9} {label:>{width}} {'ratio':>6} {wall:>14}")
     base = None
     for procs in args.procs:
         r = launch(procs, args)
-        base = base or r["examples_per_second"]
-        print(f"{r['world']:>9} {r['examples_per_second']:>11.1f} "
-              f"{r['examples_per_second'] / base:>6.2f} {r['wall']:>14.1f}", flush=True)
-
+        base = base or r[key]
+        print(f"{r['world']:>9} {r[key]:>{width}.2f} {r[key] / base:>6.2f} "
+              f"{r['wall']:>14.1f}", flush=True)
 
 if __name__ == "__main__":
     main()
